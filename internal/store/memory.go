@@ -1,0 +1,165 @@
+package store
+
+import (
+	"slices"
+	"sync"
+	"time"
+)
+
+// recentLimit bounds the list of delivered and dead-lettered notifications kept for operators.
+const recentLimit = 200
+
+// Memory is a Store that keeps everything in memory: for tests, and for
+// deployments that accept losing state on restart.
+type Memory struct {
+	mu       sync.Mutex
+	seq      uint64
+	sessions map[string]Session
+	outbox   []Notification // Seq order
+	dead     []Notification
+	recent   []Notification // oldest first
+	bots     map[string]BotSettings
+}
+
+// NewMemory returns an empty in-memory store.
+func NewMemory() *Memory {
+	return &Memory{sessions: map[string]Session{}, bots: map[string]BotSettings{}}
+}
+
+func (m *Memory) Sessions() ([]Session, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Session, 0, len(m.sessions))
+	for _, s := range m.sessions {
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+func (m *Memory) Commit(put []Session, forget []string, notes []Notification) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, s := range put {
+		m.sessions[s.ID] = s
+	}
+	for _, id := range forget {
+		delete(m.sessions, id)
+	}
+	for i := range notes {
+		m.seq++
+		notes[i].Seq = m.seq
+		m.outbox = append(m.outbox, notes[i])
+	}
+	return nil
+}
+
+func (m *Memory) Pending() ([]Notification, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.outbox), nil
+}
+
+func (m *Memory) indexOf(id string) int {
+	return slices.IndexFunc(m.outbox, func(n Notification) bool { return n.ID == id })
+}
+
+func (m *Memory) Attempted(n Notification) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	i := m.indexOf(n.ID)
+	if i < 0 {
+		return ErrNotFound
+	}
+	m.outbox[i] = n
+	return nil
+}
+
+func (m *Memory) remember(n Notification) {
+	m.recent = append(m.recent, n)
+	if len(m.recent) > recentLimit {
+		m.recent = slices.Delete(m.recent, 0, len(m.recent)-recentLimit)
+	}
+}
+
+func (m *Memory) Delivered(n Notification) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	i := m.indexOf(n.ID)
+	if i < 0 {
+		return ErrNotFound
+	}
+	m.outbox = slices.Delete(m.outbox, i, i+1)
+	m.remember(n)
+	return nil
+}
+
+func (m *Memory) DeadLetter(n Notification) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	i := m.indexOf(n.ID)
+	if i < 0 {
+		return ErrNotFound
+	}
+	m.outbox = slices.Delete(m.outbox, i, i+1)
+	m.dead = append(m.dead, n)
+	m.remember(n)
+	return nil
+}
+
+func (m *Memory) DeadLetters() ([]Notification, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.dead), nil
+}
+
+func (m *Memory) Replay(id string) (Notification, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	i := slices.IndexFunc(m.dead, func(n Notification) bool { return n.ID == id })
+	if i < 0 {
+		return Notification{}, ErrNotFound
+	}
+	n := m.dead[i]
+	m.dead = slices.Delete(m.dead, i, i+1)
+	m.seq++
+	n = ResetForReplay(n, m.seq)
+	m.outbox = append(m.outbox, n)
+	return n, nil
+}
+
+// ResetForReplay gives a dead letter a fresh delivery schedule under its old id.
+func ResetForReplay(n Notification, seq uint64) Notification {
+	n.Seq, n.Attempts, n.LastError, n.LastStatus = seq, 0, "", 0
+	n.NextAttemptAt, n.DeadAt, n.DeliveredAt = time.Time{}, time.Time{}, time.Time{}
+	n.ReplayedAt = time.Now()
+	return n
+}
+
+func (m *Memory) Recent(limit int) ([]Notification, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Notification, 0, min(limit, len(m.recent)))
+	for i := len(m.recent) - 1; i >= 0 && len(out) < limit; i-- {
+		out = append(out, m.recent[i])
+	}
+	return out, nil
+}
+
+func (m *Memory) Bots() (map[string]BotSettings, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]BotSettings, len(m.bots))
+	for k, v := range m.bots {
+		out[k] = v
+	}
+	return out, nil
+}
+
+func (m *Memory) PutBot(botID string, s BotSettings) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.bots[botID] = s
+	return nil
+}
+
+func (m *Memory) Close() error { return nil }

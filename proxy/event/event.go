@@ -1,0 +1,75 @@
+// Package event is the small vocabulary the proxy uses to tell others what
+// passes through it. It has no dependencies so that observers (presence) do
+// not depend on the relay.
+package event
+
+// ConnID names one proxied WebSocket connection for the life of the process.
+type ConnID uint64
+
+// Identity is who a connection or request belongs to. Either field may be empty.
+type Identity struct {
+	SessionID string
+	BotID     string
+}
+
+// Direction says which peer sent a frame.
+type Direction uint8
+
+const (
+	FromClient   Direction = iota // client -> upstream
+	FromUpstream                  // upstream -> client
+)
+
+func (d Direction) String() string {
+	if d == FromClient {
+		return "client"
+	}
+	return "server"
+}
+
+// CloseReason says why a proxied connection ended.
+type CloseReason string
+
+const (
+	CloseClean        CloseReason = "close"         // a Close frame was seen
+	CloseClientGone   CloseReason = "client_gone"   // the client's socket ended without a Close frame
+	CloseUpstreamGone CloseReason = "upstream_gone" // the upstream's socket ended without a Close frame
+	CloseProbeTimeout CloseReason = "probe_timeout" // the client did not answer the liveness probe
+	CloseShutdown     CloseReason = "shutdown"      // the sidecar is draining
+)
+
+// Message is a complete WebSocket data message as seen by the frame tap.
+type Message struct {
+	Text      bool   // text (true) or binary
+	Size      int64  // payload bytes on the wire
+	Prefix    []byte // first payload bytes, unmasked and inflated; valid only during the call
+	Truncated bool   // the payload was longer than Prefix
+}
+
+// Observer receives what the proxy sees. The proxy calls it from its relay
+// goroutines, so implementations must be safe for concurrent use and must
+// return quickly: every call sits on the data path.
+type Observer interface {
+	// ConnOpened: a WebSocket upgrade succeeded. who may be empty when the
+	// ids are still to come from frames.
+	ConnOpened(id ConnID, who Identity)
+	// ConnIdentified: ids found after the open (frame: sources). Only the
+	// newly found fields are set.
+	ConnIdentified(id ConnID, who Identity)
+	// Message: a complete data message passed in direction dir.
+	Message(id ConnID, dir Direction, m Message)
+	// ConnClosed: the connection is gone; no more calls for id follow.
+	ConnClosed(id ConnID, reason CloseReason)
+	// HTTPRequest: a plain HTTP request of a session passed; body is the
+	// inspected prefix of its body (may be nil), valid only during the call.
+	HTTPRequest(who Identity, body []byte)
+}
+
+// Nop ignores everything: the proxy without presence.
+type Nop struct{}
+
+func (Nop) ConnOpened(ConnID, Identity)        {}
+func (Nop) ConnIdentified(ConnID, Identity)    {}
+func (Nop) Message(ConnID, Direction, Message) {}
+func (Nop) ConnClosed(ConnID, CloseReason)     {}
+func (Nop) HTTPRequest(Identity, []byte)       {}
