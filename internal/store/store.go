@@ -6,6 +6,7 @@ package store
 
 import (
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -22,6 +23,22 @@ func (p Presence) String() string {
 		return "absent"
 	}
 	return "present"
+}
+
+// MarshalText shows the state by name in JSON (API, store files).
+func (p Presence) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
+// UnmarshalText reads what MarshalText writes.
+func (p *Presence) UnmarshalText(b []byte) error {
+	switch string(b) {
+	case "present":
+		*p = Present
+	case "absent":
+		*p = Absent
+	default:
+		return fmt.Errorf("unknown presence state %q", b)
+	}
+	return nil
 }
 
 // Session is the durable part of one session's presence state.

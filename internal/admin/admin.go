@@ -1,0 +1,223 @@
+// Package admin serves the operator's listener: health and readiness probes,
+// Prometheus metrics, the status page and the /v1/ API.
+package admin
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"sync/atomic"
+
+	"github.com/presence-sidecar/presence-sidecar/handoff"
+	"github.com/presence-sidecar/presence-sidecar/internal/store"
+	"github.com/presence-sidecar/presence-sidecar/presence"
+)
+
+// Server holds what the admin listener shows and changes. Engine and
+// Deliverer are nil when presence monitoring is off.
+type Server struct {
+	Token     string
+	Engine    *presence.Engine
+	Deliverer *handoff.Deliverer
+	Store     store.Store
+	Metrics   http.Handler // /metrics
+	Status    http.Handler // / (the status page)
+	// Ready reports why the sidecar cannot take traffic ("" when it can).
+	Ready func() string
+
+	draining atomic.Bool
+}
+
+// Drain makes /readyz fail from now on (SIGTERM).
+func (s *Server) Drain() { s.draining.Store(true) }
+
+// Handler returns the admin routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { writeText(w, http.StatusOK, "ok") })
+	mux.HandleFunc("GET /readyz", s.readyz)
+	if s.Metrics != nil {
+		mux.Handle("GET /metrics", s.Metrics)
+	}
+	if s.Status != nil {
+		mux.Handle("GET /{$}", s.Status)
+	}
+	api := http.NewServeMux()
+	api.HandleFunc("GET /v1/sessions", s.sessions)
+	api.HandleFunc("GET /v1/sessions/{id}", s.session)
+	api.HandleFunc("PUT /v1/sessions/{id}/handoff", s.handoff(true))
+	api.HandleFunc("DELETE /v1/sessions/{id}/handoff", s.handoff(false))
+	api.HandleFunc("GET /v1/bots/{botId}/presence", s.getBot)
+	api.HandleFunc("PUT /v1/bots/{botId}/presence", s.putBot)
+	api.HandleFunc("GET /v1/notifications/dead", s.deadLetters)
+	api.HandleFunc("POST /v1/notifications/dead/{id}/replay", s.replay)
+	api.HandleFunc("GET /v1/notifications/recent", s.recent)
+	mux.Handle("/v1/", s.authorize(api))
+	return mux
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		writeText(w, http.StatusServiceUnavailable, "draining")
+		return
+	}
+	if s.Ready != nil {
+		if why := s.Ready(); why != "" {
+			writeText(w, http.StatusServiceUnavailable, why)
+			return
+		}
+	}
+	writeText(w, http.StatusOK, "ready")
+}
+
+// authorize guards /v1/ with ADMIN_TOKEN, compared in constant time.
+func (s *Server) authorize(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.Token == "" {
+			writeError(w, http.StatusForbidden, "the /v1/ API is off: set ADMIN_TOKEN to turn it on")
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.Token)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="presence-sidecar"`)
+			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) presenceOn(w http.ResponseWriter) bool {
+	if s.Engine == nil {
+		writeError(w, http.StatusConflict, "presence monitoring is off (PRESENCE_ENABLED=false)")
+		return false
+	}
+	return true
+}
+
+func (s *Server) sessions(w http.ResponseWriter, r *http.Request) {
+	if s.presenceOn(w) {
+		writeJSON(w, http.StatusOK, map[string]any{"sessions": s.Engine.Sessions()})
+	}
+}
+
+func (s *Server) session(w http.ResponseWriter, r *http.Request) {
+	if !s.presenceOn(w) {
+		return
+	}
+	v, ok := s.Engine.Session(r.PathValue("id"))
+	if !ok {
+		writeError(w, http.StatusNotFound, "no such session")
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+func (s *Server) handoff(on bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !s.presenceOn(w) {
+			return
+		}
+		id := r.PathValue("id")
+		if err := s.Engine.SetHandoff(id, r.URL.Query().Get("botId"), on); err != nil {
+			writeError(w, http.StatusConflict, err.Error())
+			return
+		}
+		v, _ := s.Engine.Session(id)
+		writeJSON(w, http.StatusOK, v)
+	}
+}
+
+func (s *Server) getBot(w http.ResponseWriter, r *http.Request) {
+	if s.presenceOn(w) {
+		writeJSON(w, http.StatusOK, settingsJSON(s.Engine.BotSettings(r.PathValue("botId"))))
+	}
+}
+
+func (s *Server) putBot(w http.ResponseWriter, r *http.Request) {
+	if !s.presenceOn(w) {
+		return
+	}
+	var in store.BotSettings
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&in); err != nil {
+		writeError(w, http.StatusBadRequest, "body must be JSON {enabled, checkInterval, returnMessage, mode}: "+err.Error())
+		return
+	}
+	got, err := s.Engine.PutBotSettings(r.PathValue("botId"), in)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, settingsJSON(got))
+}
+
+func (s *Server) deadLetters(w http.ResponseWriter, r *http.Request) {
+	if !s.presenceOn(w) {
+		return
+	}
+	dead, err := s.Store.DeadLetters()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"notifications": dead})
+}
+
+func (s *Server) recent(w http.ResponseWriter, r *http.Request) {
+	if !s.presenceOn(w) {
+		return
+	}
+	recent, err := s.Store.Recent(100)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"notifications": recent})
+}
+
+func (s *Server) replay(w http.ResponseWriter, r *http.Request) {
+	if !s.presenceOn(w) {
+		return
+	}
+	n, err := s.Deliverer.Replay(r.PathValue("id"))
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		writeError(w, http.StatusNotFound, "no dead letter with that id")
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, err.Error())
+	default:
+		writeJSON(w, http.StatusOK, n)
+	}
+}
+
+// settingsJSON shows settings with the names of PRESENCE_BOTS_FILE.
+func settingsJSON(s presence.Settings) map[string]any {
+	return map[string]any{
+		"enabled":       s.Enabled,
+		"checkInterval": s.CheckInterval.String(),
+		"returnMessage": s.ReturnMessage,
+		"mode":          s.Mode,
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}
+
+func writeText(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(code)
+	_, _ = w.Write([]byte(msg + "\n"))
+}

@@ -1,0 +1,276 @@
+// Package app wires the sidecar's parts from a Config and runs them: the
+// proxy, the presence engine, the deliverer, the store and the admin listener.
+// cmd/presence-sidecar and the demo both start the sidecar through it.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/presence-sidecar/presence-sidecar/handoff"
+	"github.com/presence-sidecar/presence-sidecar/internal/admin"
+	"github.com/presence-sidecar/presence-sidecar/internal/config"
+	"github.com/presence-sidecar/presence-sidecar/internal/rules"
+	"github.com/presence-sidecar/presence-sidecar/internal/store"
+	"github.com/presence-sidecar/presence-sidecar/presence"
+	"github.com/presence-sidecar/presence-sidecar/proxy"
+	"github.com/presence-sidecar/presence-sidecar/proxy/event"
+)
+
+// NewLogger builds the zap logger LOG_LEVEL and LOG_FORMAT ask for.
+func NewLogger(cfg config.Config, out io.Writer) (*zap.Logger, error) {
+	level, err := zapcore.ParseLevel(cfg.LogLevel)
+	if err != nil {
+		return nil, fmt.Errorf("LOG_LEVEL=%q: %w", cfg.LogLevel, err)
+	}
+	encCfg := zap.NewProductionEncoderConfig()
+	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
+	var enc zapcore.Encoder
+	if cfg.LogFormat == "console" {
+		encCfg.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc = zapcore.NewConsoleEncoder(encCfg)
+	} else {
+		enc = zapcore.NewJSONEncoder(encCfg)
+	}
+	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(out), level)), nil
+}
+
+// App is the wired sidecar.
+type App struct {
+	cfg       config.Config
+	log       *zap.Logger
+	proxy     *proxy.Proxy
+	admin     *admin.Server
+	store     store.Store
+	engine    *presence.Engine
+	deliverer *handoff.Deliverer
+}
+
+// Build wires everything; nothing listens yet.
+func Build(cfg config.Config, log *zap.Logger) (*App, error) {
+	a := &App{cfg: cfg, log: log}
+	upstream, _ := url.Parse(cfg.UpstreamURL) // validated by config
+	po := proxy.Options{
+		Upstream:       upstream,
+		DialTimeout:    cfg.DialTimeout,
+		KeepAlive:      cfg.TCPKeepAlive,
+		MaxConnections: cfg.MaxConnections,
+		ProbeInterval:  cfg.ProbeInterval,
+		ProbeTimeout:   cfg.ProbeTimeout,
+		InspectBytes:   cfg.InspectBytes,
+		Log:            log.Named("proxy"),
+	}
+	if cfg.PresenceEnabled {
+		if err := a.buildPresence(&po); err != nil {
+			return nil, err
+		}
+	}
+	p, err := proxy.New(po)
+	if err != nil {
+		return nil, err
+	}
+	a.proxy = p
+	a.admin = &admin.Server{
+		Token:     cfg.AdminToken,
+		Engine:    a.engine,
+		Deliverer: a.deliverer,
+		Store:     a.store,
+		Metrics:   a.metricsHandler(),
+		Ready:     a.ready,
+	}
+	return a, nil
+}
+
+// buildPresence wires the store, the presence engine and the deliverer, and
+// tells the proxy what to look at.
+func (a *App) buildPresence(po *proxy.Options) error {
+	cfg := a.cfg
+	var err error
+	if po.SessionFrom, err = proxy.ParseSources("SESSION_ID_FROM", cfg.SessionIDFrom); err != nil {
+		return err
+	}
+	if po.BotFrom, err = proxy.ParseSources("BOT_ID_FROM", cfg.BotIDFrom); err != nil {
+		return err
+	}
+	ruleSets := map[string]*rules.Set{}
+	var ignore, start, end rules.Set
+	for name, r := range map[string]struct {
+		dst *rules.Set
+		src string
+	}{
+		"PRESENCE_IGNORE":     {&ignore, cfg.PresenceIgnore},
+		"HANDOFF_START_MATCH": {&start, cfg.HandoffStartMatch},
+		"HANDOFF_END_MATCH":   {&end, cfg.HandoffEndMatch},
+	} {
+		s, err := rules.Parse(r.src, event.FromClient)
+		if err != nil {
+			return fmt.Errorf("%s=%q: %w", name, r.src, err)
+		}
+		*r.dst = s
+		ruleSets[name] = r.dst
+	}
+	for _, s := range ruleSets {
+		po.InspectClient = po.InspectClient || s.Has(event.FromClient)
+		po.InspectServer = po.InspectServer || s.Has(event.FromUpstream)
+	}
+	detect, _ := cfg.HandoffDetection() // validated by config
+	defaults := presence.Settings{
+		Enabled:       true,
+		CheckInterval: cfg.PresenceCheckInterval,
+		ReturnMessage: cfg.PresenceReturnMessage,
+		Mode:          presence.Mode(cfg.PresenceMode),
+	}
+	if cfg.PresenceAllowAny {
+		a.log.Warn("PRESENCE_ALLOW_ANY_INTERVAL=true: the 1m–10m range of check intervals is lifted; meant for tests and demos")
+	}
+	var bots map[string]store.BotSettings
+	if cfg.PresenceBotsFile != "" {
+		if bots, err = presence.LoadBotsFile(cfg.PresenceBotsFile, defaults, cfg.PresenceAllowAny); err != nil {
+			return fmt.Errorf("PRESENCE_BOTS_FILE=%q: %w", cfg.PresenceBotsFile, err)
+		}
+	}
+
+	st, err := store.OpenBolt(cfg.DataDir, a.log.Named("store"))
+	if err != nil {
+		return err
+	}
+	a.store = st
+	a.deliverer, err = handoff.New(handoff.Options{
+		URL:           cfg.HandoffURL,
+		ExpirePath:    cfg.HandoffExpirePath,
+		MessagePath:   cfg.HandoffMessagePath,
+		Token:         cfg.HandoffToken,
+		SigningSecret: cfg.HandoffSigningSecret,
+		Timeout:       cfg.HandoffTimeout,
+		RetryMaxDelay: cfg.HandoffRetryMaxDelay,
+		RetryFor:      cfg.HandoffRetryFor,
+		Store:         st,
+		Log:           a.log.Named("handoff"),
+	})
+	if err != nil {
+		st.Close()
+		return err
+	}
+	a.engine, err = presence.New(presence.Options{
+		Defaults:         defaults,
+		AllowAnyInterval: cfg.PresenceAllowAny,
+		Bots:             bots,
+		Store:            st,
+		Log:              a.log.Named("presence"),
+		Detect:           presence.Detect{Always: detect.Always, Rules: detect.Rules, API: detect.API},
+		HandoffStart:     start,
+		HandoffEnd:       end,
+		Ignore:           ignore,
+		ForgetAfter:      cfg.PresenceForgetAfter,
+		Wake:             a.deliverer.Wake,
+	})
+	if err != nil {
+		st.Close()
+		return err
+	}
+	po.Observer = a.engine
+	return nil
+}
+
+func (a *App) ready() string {
+	if b, ok := a.store.(interface{ Check() error }); ok {
+		if err := b.Check(); err != nil {
+			return "state store: " + err.Error()
+		}
+	}
+	return ""
+}
+
+// Serve runs the listeners until ctx ends, then drains: /readyz fails, new
+// connections are refused, open ones get SHUTDOWN_GRACE, state is flushed.
+// started, when not nil, gets the bound proxy and admin addresses.
+func (a *App) Serve(ctx context.Context, started func(proxyAddr, adminAddr string)) error {
+	cfg := a.cfg
+	lc := net.ListenConfig{KeepAlive: cfg.TCPKeepAlive}
+	ln, err := lc.Listen(ctx, "tcp", cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("LISTEN_ADDR=%q: %w", cfg.ListenAddr, err)
+	}
+	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("ADMIN_ADDR=%q: %w", cfg.AdminAddr, err)
+	}
+	proxySrv := &http.Server{
+		Handler:           a.proxy,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		ErrorLog:          zap.NewStdLog(a.log.Named("http")),
+	}
+	adminSrv := &http.Server{Handler: a.admin.Handler(), ReadHeaderTimeout: 10 * time.Second}
+
+	bg, stopBG := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	if a.engine != nil {
+		wg.Add(2)
+		go func() { defer wg.Done(); errs <- nonNil(a.engine.Run(bg), "presence") }()
+		go func() { defer wg.Done(); errs <- nonNil(a.deliverer.Run(bg), "delivery") }()
+	}
+	go func() { errs <- serveErr(proxySrv.Serve(ln), "proxy listener") }()
+	go func() { errs <- serveErr(adminSrv.Serve(adminLn), "admin listener") }()
+	if started != nil {
+		started(ln.Addr().String(), adminLn.Addr().String())
+	}
+	a.log.Info("presence-sidecar started",
+		zap.String("listen", ln.Addr().String()), zap.String("admin", adminLn.Addr().String()),
+		zap.String("upstream", cfg.UpstreamURL), zap.Bool("presence", cfg.PresenceEnabled))
+
+	var failure error
+	select {
+	case <-ctx.Done():
+		a.log.Info("shutting down", zap.Duration("grace", cfg.ShutdownGrace))
+	case failure = <-errs:
+		if failure == nil {
+			failure = errors.New("a component stopped unexpectedly")
+		}
+	}
+	a.admin.Drain()
+	grace, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+	defer cancel()
+	var drain sync.WaitGroup
+	drain.Add(2)
+	go func() { defer drain.Done(); _ = proxySrv.Shutdown(grace) }()
+	go func() { defer drain.Done(); a.proxy.Shutdown(grace) }()
+	drain.Wait()
+	proxySrv.Close()
+	stopBG() // the engine flushes its state, the deliverer finishes attempts in flight
+	wg.Wait()
+	if a.store != nil {
+		if err := a.store.Close(); err != nil && failure == nil {
+			failure = err
+		}
+	}
+	_ = adminSrv.Close()
+	a.log.Info("stopped")
+	return failure
+}
+
+func serveErr(err error, what string) error {
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+func nonNil(err error, what string) error {
+	if err == nil || errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}

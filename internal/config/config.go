@@ -1,0 +1,249 @@
+// Package config reads the sidecar's settings from the environment. Every
+// bad value stops start-up with a message naming the variable, the value and
+// what is allowed.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+
+	"github.com/presence-sidecar/presence-sidecar/presence"
+)
+
+// Config is the whole environment of the sidecar. The desc tags feed the
+// README's variable table (a test keeps the two in step).
+type Config struct {
+	// Data plane
+	ListenAddr        string        `env:"LISTEN_ADDR" envDefault:":8080" desc:"proxy listener"`
+	UpstreamURL       string        `env:"UPSTREAM_URL,required" desc:"the conversation service (http://, https://, ws://, wss://)"`
+	ReadHeaderTimeout time.Duration `env:"READ_HEADER_TIMEOUT" envDefault:"10s" desc:"time a client has to send its request headers"`
+	MaxHeaderBytes    int           `env:"MAX_HEADER_BYTES" envDefault:"65536" desc:"largest request header block; larger gets 431"`
+	MaxConnections    int           `env:"MAX_CONNECTIONS" envDefault:"0" desc:"open client connections allowed (0 = no cap); over it: 503"`
+	DialTimeout       time.Duration `env:"UPSTREAM_DIAL_TIMEOUT" envDefault:"10s" desc:"time to connect to the upstream; then 502"`
+	TCPKeepAlive      time.Duration `env:"TCP_KEEPALIVE" envDefault:"30s" desc:"TCP keep-alive period on client and upstream sockets"`
+	InspectBytes      int           `env:"INSPECT_BYTES" envDefault:"4096" desc:"bytes of each message (after inflation) and HTTP body that ids and rules look at"`
+	ProbeInterval     time.Duration `env:"PROBE_INTERVAL" envDefault:"25s" desc:"liveness Ping to each WebSocket client (0 = off)"`
+	ProbeTimeout      time.Duration `env:"PROBE_TIMEOUT" envDefault:"20s" desc:"no Pong within this after a probe: the connection is dead and both sides are closed"`
+	SessionIDFrom     string        `env:"SESSION_ID_FROM" envDefault:"query:sessionId,header:X-Session-Id,frame:data.sessionId,body:sessionId" desc:"where a session id comes from, tried in order"`
+	BotIDFrom         string        `env:"BOT_ID_FROM" envDefault:"query:botId,frame:data.botId,body:botId" desc:"where a bot id comes from, tried in order"`
+
+	// Presence
+	PresenceEnabled       bool          `env:"PRESENCE_ENABLED" envDefault:"false" desc:"monitor client presence (off: a pure proxy)"`
+	PresenceCheckInterval time.Duration `env:"PRESENCE_CHECK_INTERVAL" envDefault:"2m" desc:"time without presence before a session is absent (1m–10m)"`
+	PresenceAllowAny      bool          `env:"PRESENCE_ALLOW_ANY_INTERVAL" envDefault:"false" desc:"lift the 1m–10m range (tests, demos)"`
+	PresenceReturnMessage string        `env:"PRESENCE_RETURN_MESSAGE" desc:"text sent when an absent client returns (blank: O cliente voltou a ficar online.)"`
+	PresenceMode          string        `env:"PRESENCE_MODE" envDefault:"connection" desc:"connection or activity"`
+	PresenceIgnore        string        `env:"PRESENCE_IGNORE" envDefault:"client:action=keep_alive" desc:"frames that are not activity (rules)"`
+	PresenceBotsFile      string        `env:"PRESENCE_BOTS_FILE" desc:"JSON file of per-bot settings"`
+	PresenceForgetAfter   time.Duration `env:"PRESENCE_FORGET_AFTER" envDefault:"24h" desc:"idle sessions are forgotten after this"`
+
+	// Hand-over
+	HandoffDetect        string        `env:"HANDOFF_DETECT" envDefault:"rules,api" desc:"always, rules, api (comma list)"`
+	HandoffStartMatch    string        `env:"HANDOFF_START_MATCH" envDefault:"server:data.isTransfer=true" desc:"rules that start a hand-over"`
+	HandoffEndMatch      string        `env:"HANDOFF_END_MATCH" envDefault:"server:action=end_conversation&data.isTransfer!=true" desc:"rules that end a hand-over"`
+	HandoffURL           string        `env:"HANDOFF_URL" desc:"the human-service platform (required when PRESENCE_ENABLED)"`
+	HandoffExpirePath    string        `env:"HANDOFF_EXPIRE_PATH" envDefault:"/expire" desc:"path of the offline notification"`
+	HandoffMessagePath   string        `env:"HANDOFF_MESSAGE_PATH" envDefault:"/message" desc:"path of the return message"`
+	HandoffToken         string        `env:"HANDOFF_TOKEN" desc:"sent as Authorization: Bearer"`
+	HandoffSigningSecret string        `env:"HANDOFF_SIGNING_SECRET" desc:"whsec_… secret for Standard Webhooks signatures"`
+	HandoffTimeout       time.Duration `env:"HANDOFF_TIMEOUT" envDefault:"10s" desc:"time a delivery attempt may take"`
+	HandoffRetryMaxDelay time.Duration `env:"HANDOFF_RETRY_MAX_DELAY" envDefault:"5m" desc:"longest wait between retries"`
+	HandoffRetryFor      time.Duration `env:"HANDOFF_RETRY_FOR" envDefault:"24h" desc:"how long a notification is retried before it is dead-lettered"`
+
+	// State
+	DataDir       string        `env:"DATA_DIR" envDefault:"./data" desc:"embedded state and outbox"`
+	RedisURL      string        `env:"REDIS_URL" desc:"cluster mode: state and outbox in Redis"`
+	RedisLeaseTTL time.Duration `env:"REDIS_LEASE_TTL" envDefault:"15s" desc:"connection leases of a dead replica lapse after this"`
+
+	// Admin and lifecycle
+	AdminAddr     string        `env:"ADMIN_ADDR" envDefault:"127.0.0.1:9090" desc:"admin listener: /healthz /readyz /metrics /v1/ and the status page"`
+	AdminToken    string        `env:"ADMIN_TOKEN" desc:"Bearer token for /v1/ (unset: the API is off)"`
+	LogLevel      string        `env:"LOG_LEVEL" envDefault:"info" desc:"debug, info, warn, error"`
+	LogFormat     string        `env:"LOG_FORMAT" envDefault:"json" desc:"json or console"`
+	ShutdownGrace time.Duration `env:"SHUTDOWN_GRACE" envDefault:"30s" desc:"on SIGTERM, time open connections get before they are closed with 1001"`
+}
+
+// Load reads and validates the configuration from environ (os.Environ() form).
+func Load(environ []string) (Config, error) {
+	vars := env.ToMap(environ)
+	var c Config
+	if err := env.ParseWithOptions(&c, env.Options{Environment: vars}); err != nil {
+		return c, explain(err, vars)
+	}
+	return c, c.validate()
+}
+
+// FromEnv is Load(os.Environ()).
+func FromEnv() (Config, error) { return Load(os.Environ()) }
+
+// Vars lists every variable the sidecar knows with its default and description.
+func Vars() []Var {
+	var out []Var
+	t := reflect.TypeOf(Config{})
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+		out = append(out, Var{Name: name, Default: f.Tag.Get("envDefault"), Desc: f.Tag.Get("desc"), Required: strings.Contains(f.Tag.Get("env"), ",required")})
+	}
+	return out
+}
+
+// Var describes one environment variable.
+type Var struct {
+	Name, Default, Desc string
+	Required            bool
+}
+
+// explain turns the env library's errors, which name Go fields, into ones
+// that name the variable and its value.
+func explain(err error, vars map[string]string) error {
+	var agg env.AggregateError
+	if !errors.As(err, &agg) {
+		return err
+	}
+	t := reflect.TypeOf(Config{})
+	var msgs []string
+	for _, e := range agg.Errors {
+		var pe env.ParseError
+		var unset env.VarIsNotSetError
+		switch {
+		case errors.As(e, &pe):
+			f, _ := t.FieldByName(pe.Name)
+			name, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+			msgs = append(msgs, fmt.Sprintf("%s=%q: %s", name, vars[name], allowedFor(pe.Type)))
+		case errors.As(e, &unset):
+			msgs = append(msgs, fmt.Sprintf("%s is required but not set", unset.Key))
+		default:
+			msgs = append(msgs, e.Error())
+		}
+	}
+	return errors.New(strings.Join(msgs, "; "))
+}
+
+func allowedFor(t reflect.Type) string {
+	switch {
+	case t == reflect.TypeOf(time.Duration(0)):
+		return "want a Go duration such as 500ms, 25s, 2m or 1h"
+	case t.Kind() == reflect.Bool:
+		return "want true or false"
+	case t.Kind() == reflect.Int:
+		return "want a whole number"
+	}
+	return "cannot parse as " + t.String()
+}
+
+func bad(name, value, allowed string) error {
+	return fmt.Errorf("%s=%q: %s", name, value, allowed)
+}
+
+func (c Config) validate() error {
+	var errs []error
+	u, err := url.Parse(c.UpstreamURL)
+	if err != nil || u.Host == "" || !oneOf(u.Scheme, "http", "https", "ws", "wss") {
+		errs = append(errs, bad("UPSTREAM_URL", c.UpstreamURL, "want an absolute http://, https://, ws:// or wss:// URL with a host"))
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+		zero bool // zero allowed
+	}{
+		{"READ_HEADER_TIMEOUT", c.ReadHeaderTimeout, false},
+		{"UPSTREAM_DIAL_TIMEOUT", c.DialTimeout, false},
+		{"TCP_KEEPALIVE", c.TCPKeepAlive, true},
+		{"PROBE_INTERVAL", c.ProbeInterval, true},
+		{"PROBE_TIMEOUT", c.ProbeTimeout, false},
+		{"PRESENCE_FORGET_AFTER", c.PresenceForgetAfter, false},
+		{"HANDOFF_TIMEOUT", c.HandoffTimeout, false},
+		{"HANDOFF_RETRY_MAX_DELAY", c.HandoffRetryMaxDelay, false},
+		{"HANDOFF_RETRY_FOR", c.HandoffRetryFor, false},
+		{"REDIS_LEASE_TTL", c.RedisLeaseTTL, false},
+		{"SHUTDOWN_GRACE", c.ShutdownGrace, true},
+	} {
+		if d.v < 0 || (d.v == 0 && !d.zero) {
+			allowed := "want a positive duration"
+			if d.zero {
+				allowed = "want a duration of 0 or more"
+			}
+			errs = append(errs, bad(d.name, d.v.String(), allowed))
+		}
+	}
+	if c.MaxConnections < 0 {
+		errs = append(errs, bad("MAX_CONNECTIONS", fmt.Sprint(c.MaxConnections), "want 0 (no cap) or more"))
+	}
+	if c.MaxHeaderBytes < 1024 {
+		errs = append(errs, bad("MAX_HEADER_BYTES", fmt.Sprint(c.MaxHeaderBytes), "want at least 1024"))
+	}
+	if c.InspectBytes < 64 || c.InspectBytes > 1<<20 {
+		errs = append(errs, bad("INSPECT_BYTES", fmt.Sprint(c.InspectBytes), "want 64 to 1048576"))
+	}
+	if !oneOf(c.LogFormat, "json", "console") {
+		errs = append(errs, bad("LOG_FORMAT", c.LogFormat, "want json or console"))
+	}
+	if !oneOf(c.LogLevel, "debug", "info", "warn", "error") {
+		errs = append(errs, bad("LOG_LEVEL", c.LogLevel, "want debug, info, warn or error"))
+	}
+	if c.PresenceCheckInterval <= 0 {
+		errs = append(errs, bad("PRESENCE_CHECK_INTERVAL", c.PresenceCheckInterval.String(), "want a positive duration"))
+	} else if !c.PresenceAllowAny && (c.PresenceCheckInterval < presence.MinCheckInterval || c.PresenceCheckInterval > presence.MaxCheckInterval) {
+		errs = append(errs, bad("PRESENCE_CHECK_INTERVAL", c.PresenceCheckInterval.String(),
+			fmt.Sprintf("want %v to %v (the seed's 1–10 minutes; PRESENCE_ALLOW_ANY_INTERVAL=true lifts the range for tests and demos)", presence.MinCheckInterval, presence.MaxCheckInterval)))
+	}
+	if !oneOf(c.PresenceMode, string(presence.ModeConnection), string(presence.ModeActivity)) {
+		errs = append(errs, bad("PRESENCE_MODE", c.PresenceMode, "want connection or activity"))
+	}
+	if _, err := c.HandoffDetection(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.PresenceEnabled && c.HandoffURL == "" {
+		errs = append(errs, bad("HANDOFF_URL", "", "required when PRESENCE_ENABLED=true: the human-service platform's base URL"))
+	}
+	if c.HandoffURL != "" {
+		if u, err := url.Parse(c.HandoffURL); err != nil || u.Host == "" || !oneOf(u.Scheme, "http", "https") {
+			errs = append(errs, bad("HANDOFF_URL", c.HandoffURL, "want an absolute http:// or https:// URL"))
+		}
+	}
+	for _, p := range []struct{ name, v string }{{"HANDOFF_EXPIRE_PATH", c.HandoffExpirePath}, {"HANDOFF_MESSAGE_PATH", c.HandoffMessagePath}} {
+		if !strings.HasPrefix(p.v, "/") {
+			errs = append(errs, bad(p.name, p.v, "want a path starting with /"))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Detection is the parsed HANDOFF_DETECT.
+type Detection struct{ Always, Rules, API bool }
+
+// HandoffDetection parses HANDOFF_DETECT.
+func (c Config) HandoffDetection() (Detection, error) {
+	var d Detection
+	for _, w := range strings.Split(c.HandoffDetect, ",") {
+		switch strings.TrimSpace(w) {
+		case "always":
+			d.Always = true
+		case "rules":
+			d.Rules = true
+		case "api":
+			d.API = true
+		case "":
+		default:
+			return d, bad("HANDOFF_DETECT", c.HandoffDetect, "want a comma list of always, rules, api")
+		}
+	}
+	return d, nil
+}
+
+func oneOf(v string, allowed ...string) bool {
+	for _, a := range allowed {
+		if v == a {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,65 @@
+package config
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestDefaults(t *testing.T) {
+	c, err := Load([]string{"UPSTREAM_URL=http://127.0.0.1:3000"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ListenAddr != ":8080" || c.AdminAddr != "127.0.0.1:9090" || c.PresenceCheckInterval.String() != "2m0s" ||
+		c.ProbeInterval.String() != "25s" || c.ProbeTimeout.String() != "20s" || c.HandoffExpirePath != "/expire" ||
+		c.HandoffRetryFor.String() != "24h0m0s" || c.PresenceMode != "connection" || c.DataDir != "./data" {
+		t.Fatalf("unexpected defaults: %+v", c)
+	}
+	d, _ := c.HandoffDetection()
+	if !d.Rules || !d.API || d.Always {
+		t.Fatalf("HANDOFF_DETECT default: %+v", d)
+	}
+}
+
+// Every bad value names the variable, the value and what is allowed.
+func TestBadValuesNameVariableValueAndRange(t *testing.T) {
+	base := []string{"UPSTREAM_URL=http://127.0.0.1:3000"}
+	cases := []struct {
+		env  []string
+		want []string
+	}{
+		{nil, []string{"UPSTREAM_URL is required"}},
+		{[]string{"UPSTREAM_URL=localhost"}, []string{"UPSTREAM_URL", `"localhost"`, "http://"}},
+		{append(base, "PROBE_INTERVAL=soon"), []string{"PROBE_INTERVAL", `"soon"`, "duration"}},
+		{append(base, "MAX_CONNECTIONS=lots"), []string{"MAX_CONNECTIONS", `"lots"`, "whole number"}},
+		{append(base, "PRESENCE_ENABLED=yes please"), []string{"PRESENCE_ENABLED", "true or false"}},
+		{append(base, "PRESENCE_ENABLED=true", "HANDOFF_URL=http://h", "PRESENCE_CHECK_INTERVAL=30s"), []string{"PRESENCE_CHECK_INTERVAL", `"30s"`, "1m0s to 10m0s"}},
+		{append(base, "PRESENCE_ENABLED=true", "HANDOFF_URL=http://h", "PRESENCE_CHECK_INTERVAL=11m"), []string{"PRESENCE_CHECK_INTERVAL", `"11m0s"`}},
+		{append(base, "PRESENCE_MODE=vibes"), []string{"PRESENCE_MODE", `"vibes"`, "connection or activity"}},
+		{append(base, "PRESENCE_ENABLED=true"), []string{"HANDOFF_URL", "required when PRESENCE_ENABLED"}},
+		{append(base, "HANDOFF_DETECT=rules,psychic"), []string{"HANDOFF_DETECT", "always, rules, api"}},
+		{append(base, "LOG_FORMAT=xml"), []string{"LOG_FORMAT", `"xml"`, "json or console"}},
+		{append(base, "HANDOFF_EXPIRE_PATH=expire"), []string{"HANDOFF_EXPIRE_PATH", "starting with /"}},
+		{append(base, "PROBE_TIMEOUT=0s"), []string{"PROBE_TIMEOUT", "positive"}},
+	}
+	for _, c := range cases {
+		_, err := Load(c.env)
+		if err == nil {
+			t.Errorf("%v: no error", c.env)
+			continue
+		}
+		for _, w := range c.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%v: error %q does not mention %q", c.env, err, w)
+			}
+		}
+	}
+}
+
+func TestAllowAnyIntervalLiftsRange(t *testing.T) {
+	_, err := Load([]string{"UPSTREAM_URL=http://u", "PRESENCE_ENABLED=true", "HANDOFF_URL=http://h",
+		"PRESENCE_CHECK_INTERVAL=2s", "PRESENCE_ALLOW_ANY_INTERVAL=true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

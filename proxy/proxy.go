@@ -1,0 +1,307 @@
+// Package proxy is the data plane: a transparent reverse proxy for plain
+// HTTP and WebSocket upgrades. After a 101 it relays bytes unchanged in both
+// directions while a frame tap (package wsframe) watches them go by, and it
+// tells an event.Observer what it sees. It knows nothing of presence.
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/presence-sidecar/presence-sidecar/proxy/event"
+)
+
+// Options configure a Proxy.
+type Options struct {
+	Upstream       *url.URL
+	DialTimeout    time.Duration // connect to the upstream; also bounds the WebSocket handshake
+	KeepAlive      time.Duration // TCP keep-alive period on upstream sockets (client sockets: the server's)
+	MaxConnections int           // in-flight requests plus open WebSockets; 0 = no cap
+	ProbeInterval  time.Duration // 0 = no liveness probe
+	ProbeTimeout   time.Duration
+	InspectBytes   int // prefix of each message / body that ids and rules see
+	SessionFrom    Sources
+	BotFrom        Sources
+	// InspectClient / InspectServer: the observer looks at message content in
+	// that direction (rules); ids from frame: sources turn client inspection on
+	// by themselves.
+	InspectClient bool
+	InspectServer bool
+	Observer      event.Observer // nil: event.Nop
+	Log           *zap.Logger
+}
+
+// Proxy is an http.Handler that forwards everything to one upstream.
+type Proxy struct {
+	o       Options
+	log     *zap.Logger
+	obs     event.Observer
+	rp      *httputil.ReverseProxy
+	dialer  net.Dialer
+	nextID  atomic.Uint64
+	active  atomic.Int64 // requests in flight + open WebSockets, for MaxConnections
+	stats   Stats
+	connsMu sync.Mutex
+	conns   map[*wsConn]struct{}
+	closing atomic.Bool
+}
+
+// Stats are the proxy's counters, read with atomic loads.
+type Stats struct {
+	HTTPRequests   atomic.Int64
+	Upgrades       atomic.Int64
+	OpenWebSockets atomic.Int64
+	Rejected       atomic.Int64 // over MaxConnections
+	UpstreamErrors atomic.Int64 // 502s
+	ProbeTimeouts  atomic.Int64
+	Frames         [2]atomic.Int64 // by event.Direction
+	Bytes          [2]atomic.Int64
+	Untracked      atomic.Int64 // connections and requests with no session id
+}
+
+// New builds a Proxy.
+func New(o Options) (*Proxy, error) {
+	if o.Upstream == nil || o.Upstream.Host == "" {
+		return nil, errors.New("proxy: upstream URL with a host required")
+	}
+	if o.Observer == nil {
+		o.Observer = event.Nop{}
+	}
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
+	if o.InspectBytes <= 0 {
+		o.InspectBytes = 4096
+	}
+	if o.ProbeInterval > 0 && o.ProbeTimeout <= 0 {
+		return nil, errors.New("proxy: a probe interval needs a probe timeout")
+	}
+	p := &Proxy{o: o, log: o.Log, obs: o.Observer, conns: map[*wsConn]struct{}{}}
+	p.dialer = net.Dialer{Timeout: o.DialTimeout, KeepAlive: o.KeepAlive}
+	target := httpURL(o.Upstream)
+	transport := &http.Transport{
+		Proxy:                 nil, // the upstream is next to us; never an outbound proxy
+		DialContext:           p.dialer.DialContext,
+		MaxIdleConns:          256,
+		MaxIdleConnsPerHost:   256,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   o.DialTimeout,
+		ExpectContinueTimeout: time.Second,
+	}
+	p.rp = &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.SetXForwarded()
+			ensureTraceparent(pr.Out.Header)
+		},
+		Transport:    transport,
+		ErrorLog:     zap.NewStdLog(o.Log.Named("reverseproxy")),
+		ErrorHandler: p.badGateway,
+	}
+	return p, nil
+}
+
+// Stats returns the live counters.
+func (p *Proxy) Stats() *Stats { return &p.stats }
+
+// ServeHTTP forwards one request.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if n := p.active.Add(1); p.o.MaxConnections > 0 && n > int64(p.o.MaxConnections) {
+		p.active.Add(-1)
+		p.stats.Rejected.Add(1)
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "presence-sidecar: too many connections", http.StatusServiceUnavailable)
+		return
+	}
+	if isUpgrade(r) {
+		// The WebSocket's slot is released when the relay ends.
+		if !p.serveUpgrade(w, r) {
+			p.active.Add(-1)
+		}
+		return
+	}
+	defer p.active.Add(-1)
+	p.stats.HTTPRequests.Add(1)
+	who := event.Identity{SessionID: p.o.SessionFrom.fromRequest(r), BotID: p.o.BotFrom.fromRequest(r)}
+	if r.Body != nil && r.Body != http.NoBody && p.wantsBody() {
+		r.Body = &bodyTap{ReadCloser: r.Body, p: p, who: who, limit: p.o.InspectBytes}
+	} else {
+		p.httpSeen(who, nil)
+	}
+	p.rp.ServeHTTP(w, r)
+}
+
+func (p *Proxy) wantsBody() bool {
+	_, nop := p.obs.(event.Nop)
+	return !nop && (p.o.InspectClient || p.o.SessionFrom.has(fromBody) || p.o.BotFrom.has(fromBody))
+}
+
+// httpSeen reports a plain request once its ids are known.
+func (p *Proxy) httpSeen(who event.Identity, body []byte) {
+	if body != nil {
+		if who.SessionID == "" {
+			who.SessionID = p.o.SessionFrom.fromJSON(fromBody, body)
+		}
+		if who.BotID == "" {
+			who.BotID = p.o.BotFrom.fromJSON(fromBody, body)
+		}
+	}
+	if who.SessionID == "" {
+		p.stats.Untracked.Add(1)
+	}
+	p.obs.HTTPRequest(who, body)
+}
+
+// bodyTap keeps a bounded prefix of a request body as it streams to the
+// upstream, and reports the request when the body is done.
+type bodyTap struct {
+	io.ReadCloser
+	p     *Proxy
+	who   event.Identity
+	limit int
+	buf   []byte
+	done  bool
+}
+
+func (b *bodyTap) Read(q []byte) (int, error) {
+	n, err := b.ReadCloser.Read(q)
+	if room := b.limit - len(b.buf); room > 0 && n > 0 {
+		b.buf = append(b.buf, q[:min(n, room)]...)
+	}
+	if err != nil {
+		b.finish()
+	}
+	return n, err
+}
+
+func (b *bodyTap) Close() error {
+	b.finish()
+	return b.ReadCloser.Close()
+}
+
+func (b *bodyTap) finish() {
+	if b.done {
+		return
+	}
+	b.done = true
+	body := b.buf
+	if body == nil {
+		body = []byte{}
+	}
+	b.p.httpSeen(b.who, body)
+}
+
+func (p *Proxy) badGateway(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+		return // the client went away; nobody to answer
+	}
+	p.stats.UpstreamErrors.Add(1)
+	p.log.Warn("upstream unavailable", zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))
+	http.Error(w, "presence-sidecar: upstream unavailable: "+shortReason(err), http.StatusBadGateway)
+}
+
+// shortReason turns a dial or transport error into a few words for a 502 body.
+func shortReason(err error) string {
+	var op *net.OpError
+	switch {
+	case errors.As(err, &op) && op.Op == "dial":
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return "connect timed out"
+		}
+		return "cannot connect (" + op.Err.Error() + ")"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection closed before a response"
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return "timed out"
+	}
+	return err.Error()
+}
+
+// httpURL maps ws:// and wss:// upstreams onto the HTTP schemes the handshake uses.
+func httpURL(u *url.URL) *url.URL {
+	c := *u
+	switch c.Scheme {
+	case "ws":
+		c.Scheme = "http"
+	case "wss":
+		c.Scheme = "https"
+	}
+	return &c
+}
+
+func isUpgrade(r *http.Request) bool {
+	return r.Header.Get("Upgrade") != "" && headerHasToken(r.Header, "Connection", "upgrade")
+}
+
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h[http.CanonicalHeaderKey(name)] {
+		for _, t := range splitTokens(v) {
+			if strings.EqualFold(t, token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// ensureTraceparent starts a W3C trace when the client sent none, so the
+// upstream's logs can be joined with ours.
+func ensureTraceparent(h http.Header) {
+	if h.Get("Traceparent") != "" {
+		return
+	}
+	var b [24]byte
+	_, _ = rand.Read(b[:])
+	h.Set("Traceparent", fmt.Sprintf("00-%s-%s-01", hex.EncodeToString(b[:16]), hex.EncodeToString(b[16:])))
+}
+
+func splitTokens(v string) []string {
+	var out []string
+	for _, t := range strings.Split(v, ",") {
+		if t = strings.TrimSpace(t); t != "" {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// Shutdown waits for open WebSockets to end until ctx is done, then closes
+// the rest with 1001 (going away) and waits for them to finish.
+func (p *Proxy) Shutdown(ctx context.Context) {
+	p.closing.Store(true)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for p.stats.OpenWebSockets.Load() > 0 {
+		select {
+		case <-tick.C:
+			continue
+		case <-ctx.Done():
+		}
+		break
+	}
+	p.connsMu.Lock()
+	for c := range p.conns {
+		c.goAway()
+	}
+	p.connsMu.Unlock()
+	for deadline := time.Now().Add(3 * time.Second); p.stats.OpenWebSockets.Load() > 0 && time.Now().Before(deadline); {
+		<-tick.C
+	}
+}

@@ -1,0 +1,161 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/presence-sidecar/presence-sidecar/proxy/event"
+)
+
+// hopByHop are the connection-specific headers of RFC 9110 section 7.6.1;
+// they are never forwarded (Connection and Upgrade are set anew for the
+// upgrade itself).
+var hopByHop = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+func removeHopByHop(h http.Header) {
+	for _, v := range h["Connection"] {
+		for _, name := range splitTokens(v) {
+			h.Del(name)
+		}
+	}
+	for _, name := range hopByHop {
+		h.Del(name)
+	}
+}
+
+var handshakeReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+
+// serveUpgrade forwards an upgrade request. It reports whether the
+// connection was handed to a relay (which then owns the MaxConnections slot).
+func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request) bool {
+	p.stats.Upgrades.Add(1)
+	target := httpURL(p.o.Upstream)
+	ctx, cancel := context.WithTimeout(r.Context(), p.o.DialTimeout)
+	defer cancel()
+
+	out := r.Clone(ctx)
+	out.Header = r.Header.Clone()
+	upgrade := r.Header.Get("Upgrade")
+	removeHopByHop(out.Header)
+	pr := &httputil.ProxyRequest{In: r, Out: out}
+	pr.SetURL(target)
+	out.Header["X-Forwarded-For"] = r.Header["X-Forwarded-For"]
+	pr.SetXForwarded()
+	ensureTraceparent(out.Header)
+	out.Header.Set("Connection", "Upgrade")
+	out.Header.Set("Upgrade", upgrade)
+	if _, ok := out.Header["User-Agent"]; !ok {
+		out.Header.Set("User-Agent", "") // keep net/http from adding its own
+	}
+	out.RequestURI = ""
+	out.Close = false
+
+	up, err := p.dialUpstream(ctx, target.Scheme == "https", target.Host)
+	if err != nil {
+		p.badGateway(w, r, err)
+		return false
+	}
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			up.Close()
+		}
+	}()
+	deadline, _ := ctx.Deadline()
+	up.SetDeadline(deadline) // bounds the handshake
+	if err := out.Write(up); err != nil {
+		p.badGateway(w, r, err)
+		return false
+	}
+	br := handshakeReaders.Get().(*bufio.Reader)
+	br.Reset(up)
+	defer func() { br.Reset(nil); handshakeReaders.Put(br) }()
+	resp, err := http.ReadResponse(br, out)
+	if err != nil {
+		p.badGateway(w, r, err)
+		return false
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		// The upstream refused the upgrade: its answer goes back as it is.
+		defer resp.Body.Close()
+		h := w.Header()
+		for k, vs := range resp.Header {
+			h[k] = vs
+		}
+		removeHopByHop(h)
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, resp.Body)
+		return false
+	}
+	up.SetDeadline(time.Time{})
+
+	client, cbuf, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		p.log.Error("cannot take over the client connection", zap.Error(err))
+		http.Error(w, "presence-sidecar: cannot upgrade this connection", http.StatusInternalServerError)
+		return false
+	}
+	client.SetDeadline(time.Time{})
+	// The 101 goes back with every header the upstream sent (Connection and
+	// Upgrade included: they are the upgrade).
+	cbuf.Writer.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
+	resp.Header.Write(cbuf.Writer)
+	cbuf.Writer.WriteString("\r\n")
+	if err := cbuf.Writer.Flush(); err != nil {
+		client.Close()
+		return false
+	}
+	handedOff = true
+	// Bytes that either peer sent right after the handshake are already in
+	// the handshake buffers; they go first.
+	fromClient := takeBuffered(cbuf.Reader)
+	fromUpstream := takeBuffered(br)
+
+	who := event.Identity{SessionID: p.o.SessionFrom.fromRequest(r), BotID: p.o.BotFrom.fromRequest(r)}
+	c := p.newWSConn(client, up, who, resp.Header["Sec-Websocket-Extensions"], isWebSocket(upgrade))
+	go c.run(fromClient, fromUpstream)
+	return true
+}
+
+func (p *Proxy) dialUpstream(ctx context.Context, useTLS bool, host string) (net.Conn, error) {
+	if _, _, err := net.SplitHostPort(host); err != nil {
+		if useTLS {
+			host = net.JoinHostPort(host, "443")
+		} else {
+			host = net.JoinHostPort(host, "80")
+		}
+	}
+	if useTLS {
+		d := tls.Dialer{NetDialer: &p.dialer, Config: &tls.Config{NextProtos: []string{"http/1.1"}}}
+		return d.DialContext(ctx, "tcp", host)
+	}
+	return p.dialer.DialContext(ctx, "tcp", host)
+}
+
+func takeBuffered(br *bufio.Reader) []byte {
+	n := br.Buffered()
+	if n == 0 {
+		return nil
+	}
+	b, _ := br.Peek(n)
+	return append([]byte(nil), b...)
+}
+
+func isWebSocket(upgrade string) bool {
+	for _, t := range splitTokens(upgrade) {
+		if strings.EqualFold(t, "websocket") {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The test command of the README. On a fresh machine it first installs what
+# the tests use (real peers and servers, not mocks), then runs go vet and the
+# whole suite with the race detector. Extra arguments go to `go test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+/usr/bin/python3 -c 'import websockets' 2>/dev/null || need+=(python3-websockets)
+if ((${#need[@]})); then
+	if [ "$(id -u)" = 0 ]; then
+		echo "installing test dependencies: ${need[*]}" >&2
+		apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+	else
+		echo "the tests need Debian packages that are missing; install them with:" >&2
+		echo "  sudo apt-get install -y ${need[*]}" >&2
+		exit 1
+	fi
+fi
+
+gofmt_out=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$gofmt_out" ]; then
+	echo "gofmt needed on:" >&2
+	echo "$gofmt_out" >&2
+	exit 1
+fi
+go vet ./...
+go test -race -count=1 -timeout 14m "$@" ./...
