@@ -2,28 +2,27 @@ package store
 
 import (
 	"slices"
+	"sort"
 	"sync"
 	"time"
 )
 
-// recentLimit bounds the list of delivered and dead-lettered notifications kept for operators.
-const recentLimit = 200
-
 // Memory is a Store that keeps everything in memory: for tests, and for
 // deployments that accept losing state on restart.
 type Memory struct {
-	mu       sync.Mutex
-	seq      uint64
-	sessions map[string]Session
-	outbox   []Notification // Seq order
-	dead     []Notification
-	recent   []Notification // oldest first
-	bots     map[string]BotSettings
+	mu        sync.Mutex
+	seq       uint64
+	sessions  map[string]Session
+	outbox    []Notification // Seq order
+	dead      []Notification // oldest first
+	recent    []Notification // oldest first
+	bots      map[string]BotSettings
+	deadLimit int // tests lower it
 }
 
 // NewMemory returns an empty in-memory store.
 func NewMemory() *Memory {
-	return &Memory{sessions: map[string]Session{}, bots: map[string]BotSettings{}}
+	return &Memory{sessions: map[string]Session{}, bots: map[string]BotSettings{}, deadLimit: deadLimit}
 }
 
 func (m *Memory) Sessions() ([]Session, error) {
@@ -37,6 +36,10 @@ func (m *Memory) Sessions() ([]Session, error) {
 }
 
 func (m *Memory) Commit(put []Session, forget []string, notes []Notification) error {
+	// Validate first: nothing is written if Commit fails.
+	if err := validateCommit(put, forget, notes); err != nil {
+		return err
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, s := range put {
@@ -59,17 +62,24 @@ func (m *Memory) Pending() ([]Notification, error) {
 	return slices.Clone(m.outbox), nil
 }
 
-func (m *Memory) indexOf(id string) int {
-	return slices.IndexFunc(m.outbox, func(n Notification) bool { return n.ID == id })
+// indexOf finds n in the outbox by its Seq (callers pass it; the outbox is in
+// Seq order), falling back to its id when the Seq does not match.
+func (m *Memory) indexOf(n Notification) int {
+	i := sort.Search(len(m.outbox), func(i int) bool { return m.outbox[i].Seq >= n.Seq })
+	if i < len(m.outbox) && m.outbox[i].Seq == n.Seq && m.outbox[i].ID == n.ID {
+		return i
+	}
+	return slices.IndexFunc(m.outbox, func(o Notification) bool { return o.ID == n.ID })
 }
 
 func (m *Memory) Attempted(n Notification) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	i := m.indexOf(n.ID)
+	i := m.indexOf(n)
 	if i < 0 {
 		return ErrNotFound
 	}
+	n.Seq = m.outbox[i].Seq // the outbox position is the store's, not the caller's
 	m.outbox[i] = n
 	return nil
 }
@@ -84,10 +94,12 @@ func (m *Memory) remember(n Notification) {
 func (m *Memory) Delivered(n Notification) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	i := m.indexOf(n.ID)
+	i := m.indexOf(n)
 	if i < 0 {
 		return ErrNotFound
 	}
+	n = stampDelivered(n)
+	n.Seq = m.outbox[i].Seq
 	m.outbox = slices.Delete(m.outbox, i, i+1)
 	m.remember(n)
 	return nil
@@ -96,12 +108,17 @@ func (m *Memory) Delivered(n Notification) error {
 func (m *Memory) DeadLetter(n Notification) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	i := m.indexOf(n.ID)
+	i := m.indexOf(n)
 	if i < 0 {
 		return ErrNotFound
 	}
+	n = stampDead(n)
+	n.Seq = m.outbox[i].Seq
 	m.outbox = slices.Delete(m.outbox, i, i+1)
 	m.dead = append(m.dead, n)
+	if len(m.dead) > m.deadLimit {
+		m.dead = slices.Delete(m.dead, 0, len(m.dead)-m.deadLimit)
+	}
 	m.remember(n)
 	return nil
 }
@@ -115,7 +132,11 @@ func (m *Memory) DeadLetters() ([]Notification, error) {
 func (m *Memory) Replay(id string) (Notification, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	i := slices.IndexFunc(m.dead, func(n Notification) bool { return n.ID == id })
+	// The newest dead letter with that id, as the Bolt store's index finds it.
+	i := len(m.dead) - 1
+	for i >= 0 && m.dead[i].ID != id {
+		i--
+	}
 	if i < 0 {
 		return Notification{}, ErrNotFound
 	}
@@ -135,10 +156,11 @@ func ResetForReplay(n Notification, seq uint64) Notification {
 	return n
 }
 
+// Recent returns up to limit entries, newest first; limit <= 0 returns none.
 func (m *Memory) Recent(limit int) ([]Notification, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([]Notification, 0, min(limit, len(m.recent)))
+	out := make([]Notification, 0, max(0, min(limit, len(m.recent))))
 	for i := len(m.recent) - 1; i >= 0 && len(out) < limit; i-- {
 		out = append(out, m.recent[i])
 	}
@@ -150,15 +172,18 @@ func (m *Memory) Bots() (map[string]BotSettings, error) {
 	defer m.mu.Unlock()
 	out := make(map[string]BotSettings, len(m.bots))
 	for k, v := range m.bots {
-		out[k] = v
+		out[k] = cloneBot(v)
 	}
 	return out, nil
 }
 
 func (m *Memory) PutBot(botID string, s BotSettings) error {
+	if botID == "" {
+		return errEmptyBotID
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.bots[botID] = s
+	m.bots[botID] = cloneBot(s)
 	return nil
 }
 

@@ -1,0 +1,202 @@
+package presence
+
+import (
+	"github.com/presence-sidecar/presence-sidecar/internal/store"
+	"github.com/presence-sidecar/presence-sidecar/proxy/event"
+)
+
+// The event.Observer methods below sit on the proxy's data path: they take
+// one or two shard locks and touch the store only for a decision that must
+// not be lost (a notification or a hand-over change).
+
+func (e *Engine) connShard(id event.ConnID) *connShard { return &e.conns[id&(numShards-1)] }
+
+// handoffMatch evaluates the hand-over rules outside any lock.
+func (e *Engine) handoffMatch(dir event.Direction, doc []byte) (start, end bool) {
+	if !e.detect.Rules || len(doc) == 0 {
+		return false, false
+	}
+	if e.start.Has(dir) && e.start.Match(dir, doc) {
+		return true, false // a message that matches both starts: the agent had better hear
+	}
+	return false, e.end.Has(dir) && e.end.Match(dir, doc)
+}
+
+// attach adds one live connection to session id.
+func (e *Engine) attach(id, bot string) (*sess, bool) {
+	now := e.now()
+	sh := &e.shards[shardOf(id)]
+	sh.mu.Lock()
+	s := e.getLocked(sh, id, bot, now)
+	s.conns++
+	c := change{s: s}
+	set := e.settings(s.bot)
+	if set.Mode == ModeConnection {
+		s.seen = now
+		if s.state == store.Absent {
+			e.returnLocked(sh, s, set, now, &c)
+		} else {
+			s.deadline = 0
+		}
+	}
+	// Activity mode: an open is not activity (the client's first message is).
+	sh.markDirty(s)
+	e.rearm(sh, s)
+	woke := e.finish(sh, &c, now)
+	sh.mu.Unlock()
+	return s, woke
+}
+
+// ConnOpened implements event.Observer.
+func (e *Engine) ConnOpened(id event.ConnID, who event.Identity) {
+	var c conn
+	woke := false
+	if who.SessionID != "" {
+		c.s, woke = e.attach(who.SessionID, who.BotID)
+	} else {
+		e.untrackedConns.Add(1)
+		c.bot = e.intern(who.BotID)
+	}
+	// No call for id can come before ConnOpened returns, so inserting last is safe.
+	cs := e.connShard(id)
+	cs.mu.Lock()
+	cs.m[id] = c
+	cs.mu.Unlock()
+	if woke {
+		e.wake()
+	}
+}
+
+// ConnIdentified implements event.Observer.
+func (e *Engine) ConnIdentified(id event.ConnID, who event.Identity) {
+	if who.SessionID == "" && who.BotID == "" {
+		return
+	}
+	cs := e.connShard(id)
+	woke := false
+	cs.mu.Lock()
+	c, ok := cs.m[id]
+	switch {
+	case !ok:
+	case c.s == nil && who.SessionID != "":
+		// Under cs.mu so that a concurrent close cannot miss the new count.
+		bot := who.BotID
+		if bot == "" {
+			bot = c.bot
+		}
+		c.s, woke = e.attach(who.SessionID, bot)
+		c.bot = ""
+		cs.m[id] = c
+		e.untrackedConns.Add(-1)
+	case c.s == nil:
+		c.bot = e.intern(who.BotID)
+		cs.m[id] = c
+	case who.BotID != "":
+		// A session id never changes for a connection; only a missing bot id is filled in.
+		s := c.s
+		sh := &e.shards[s.shard]
+		sh.mu.Lock()
+		if !s.gone && s.bot == "" {
+			s.bot = e.intern(who.BotID)
+			sh.markDirty(s)
+		}
+		sh.mu.Unlock()
+	}
+	cs.mu.Unlock()
+	if woke {
+		e.wake()
+	}
+}
+
+// Message implements event.Observer. In activity mode a client message not
+// matched by Ignore is activity; in any mode the hand-over rules apply.
+func (e *Engine) Message(id event.ConnID, dir event.Direction, m event.Message) {
+	cs := e.connShard(id)
+	cs.mu.Lock()
+	s := cs.m[id].s
+	cs.mu.Unlock()
+	if s == nil {
+		return
+	}
+	start, end := e.handoffMatch(dir, m.Prefix)
+	if dir != event.FromClient && !start && !end {
+		return // server messages matter only for the rules
+	}
+	now := e.now()
+	sh := &e.shards[s.shard]
+	sh.mu.Lock()
+	if s.gone {
+		sh.mu.Unlock()
+		return
+	}
+	c := change{s: s}
+	if dir == event.FromClient {
+		if set := e.settings(s.bot); set.Mode == ModeActivity && !e.ignore.Match(event.FromClient, m.Prefix) {
+			e.seenLocked(sh, s, set, now, &c)
+		}
+	}
+	if start || end {
+		e.handoffLocked(sh, s, start, now, &c)
+	}
+	woke := e.finish(sh, &c, now)
+	sh.mu.Unlock()
+	if woke {
+		e.wake()
+	}
+}
+
+// ConnClosed implements event.Observer. Every reason counts the same: the
+// connection is gone.
+func (e *Engine) ConnClosed(id event.ConnID, _ event.CloseReason) {
+	cs := e.connShard(id)
+	cs.mu.Lock()
+	c, ok := cs.m[id]
+	delete(cs.m, id)
+	cs.mu.Unlock()
+	if !ok {
+		return
+	}
+	if c.s == nil {
+		e.untrackedConns.Add(-1)
+		return
+	}
+	s := c.s
+	now := e.now()
+	sh := &e.shards[s.shard]
+	sh.mu.Lock()
+	if !s.gone && s.conns > 0 {
+		s.conns--
+		if s.conns == 0 && s.state == store.Present && e.settings(s.bot).Mode == ModeConnection {
+			s.seen = now
+			s.deadline = now + int64(e.settings(s.bot).CheckInterval)
+		}
+		sh.markDirty(s)
+		e.rearm(sh, s) // arms the deadline, or the forget time of an absent session
+	}
+	sh.mu.Unlock()
+}
+
+// HTTPRequest implements event.Observer: a request of a session is a sign
+// of presence (and activity) in either mode; its body is matched against the
+// hand-over rules as a client message.
+func (e *Engine) HTTPRequest(who event.Identity, body []byte) {
+	if who.SessionID == "" {
+		e.untrackedReqs.Add(1)
+		return
+	}
+	start, end := e.handoffMatch(event.FromClient, body)
+	now := e.now()
+	sh := &e.shards[shardOf(who.SessionID)]
+	sh.mu.Lock()
+	s := e.getLocked(sh, who.SessionID, who.BotID, now)
+	c := change{s: s}
+	e.seenLocked(sh, s, e.settings(s.bot), now, &c)
+	if start || end {
+		e.handoffLocked(sh, s, start, now, &c)
+	}
+	woke := e.finish(sh, &c, now)
+	sh.mu.Unlock()
+	if woke {
+		e.wake()
+	}
+}
