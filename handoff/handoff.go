@@ -505,14 +505,43 @@ func (d *Deliverer) apply(r done, cache []store.Notification, inflight map[strin
 	}
 	for i := range cache {
 		if cache[i].ID == r.n.ID {
-			if r.final {
-				return append(cache[:i], cache[i+1:]...), reload
+			if !r.final {
+				cache[i] = r.n
+				return cache, reload
 			}
-			cache[i] = r.n
+			cache = append(cache[:i], cache[i+1:]...)
+			if !r.n.DeadAt.IsZero() && r.n.Kind == store.KindOffline {
+				cache = d.deadLetterReturn(r.n, cache)
+			}
 			return cache, reload
 		}
 	}
 	return cache, reload
+}
+
+// deadLetterReturn dead-letters the return message of an episode whose
+// offline notification was dead-lettered: a return message must never reach
+// the platform before (or without) its /expire (SPEC invariant 3). Replaying
+// the offline one first and then this one restores the order.
+func (d *Deliverer) deadLetterReturn(offline store.Notification, cache []store.Notification) []store.Notification {
+	return slices.DeleteFunc(cache, func(n store.Notification) bool {
+		if n.SessionID != offline.SessionID || n.Episode != offline.Episode || n.Kind != store.KindOnline {
+			return false
+		}
+		n.DeadAt, n.NextAttemptAt = d.now(), time.Time{}
+		n.LastError = "its client.offline " + offline.ID + " was dead-lettered; replay that one first, then this one"
+		if err := d.o.Store.DeadLetter(n); err != nil {
+			d.log.Error("handoff: dead-lettering a return message failed", zap.String("webhook_id", n.ID), zap.Error(err))
+			return false
+		}
+		d.log.Error("handoff: notification dead-lettered", zap.String("session", n.SessionID), zap.String("bot", n.BotID),
+			zap.String("kind", string(n.Kind)), zap.String("webhook_id", n.ID), zap.String("outcome", string(Dead)),
+			zap.String("error", n.LastError))
+		if d.o.Observe != nil {
+			d.o.Observe(Outcome{ID: n.ID, SessionID: n.SessionID, BotID: n.BotID, Kind: n.Kind, Result: Dead, Error: n.LastError, Attempts: n.Attempts})
+		}
+		return true
+	})
 }
 
 // dispatch starts an attempt for each session whose head (lowest Seq) is due

@@ -1234,3 +1234,41 @@ func TestDeadPlatformNoSpin(t *testing.T) {
 		t.Errorf("peak %d goroutines, base %d, Concurrency %d", peakG, baseGoroutines, conc)
 	}
 }
+
+// A return message never reaches the platform without its /expire: when the
+// offline notification is dead-lettered, the same episode's return message
+// follows it into the dead letters, and replaying both in order delivers both
+// in order (SPEC invariant 3).
+func TestReturnMessageFollowsItsDeadOfflineNote(t *testing.T) {
+	var refuse atomic.Bool
+	refuse.Store(true)
+	p := newPlatform(t, func(w http.ResponseWriter, r *http.Request, got received, i int) {
+		if refuse.Load() {
+			w.WriteHeader(http.StatusUnprocessableEntity)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	st := store.NewMemory()
+	obs := &outcomes{}
+	d := run(t, baseOptions(st, p.URL, obs))
+	commit(t, st, d, offline("s", "msg_off"), online("s", "msg_on"))
+	eventually(t, 2*time.Second, "two dead letters", func() bool { return len(deadLetters(t, st)) == 2 })
+	if p.count() != 1 {
+		t.Fatalf("the return message was sent without its /expire: %d requests", p.count())
+	}
+	if dl := deadLetters(t, st)[1]; dl.ID != "msg_on" || !strings.Contains(dl.LastError, "msg_off") {
+		t.Fatalf("return message dead letter: %+v", dl)
+	}
+	refuse.Store(false)
+	for _, id := range []string{"msg_off", "msg_on"} {
+		if _, err := d.Replay(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 2*time.Second, "both delivered", func() bool { return obs.count(Delivered) == 2 })
+	reqs := p.requests()
+	if len(reqs) != 3 || reqs[1].ID() != "msg_off" || reqs[2].ID() != "msg_on" {
+		t.Fatalf("delivery order after replay: %d requests", len(reqs))
+	}
+}

@@ -24,7 +24,7 @@ type Server struct {
 	Store     store.Store
 	Metrics   http.Handler // /metrics
 	Status    http.Handler // / (the status page)
-	// Ready reports why the sidecar cannot take traffic ("" when it can).
+	// Ready reports what is degraded ("" when nothing is).
 	Ready func() string
 
 	draining atomic.Bool
@@ -58,6 +58,9 @@ func (s *Server) Handler() http.Handler {
 	return mux
 }
 
+// readyz fails only while draining. Trouble with the state store degrades
+// presence but never the data plane, so it is reported here without taking
+// the sidecar out of its load balancer.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	if s.draining.Load() {
 		writeText(w, http.StatusServiceUnavailable, "draining")
@@ -65,7 +68,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.Ready != nil {
 		if why := s.Ready(); why != "" {
-			writeText(w, http.StatusServiceUnavailable, why)
+			writeText(w, http.StatusOK, "ready, presence degraded: "+why)
 			return
 		}
 	}

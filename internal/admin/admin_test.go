@@ -1,0 +1,111 @@
+package admin
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/presence-sidecar/presence-sidecar/internal/store"
+	"github.com/presence-sidecar/presence-sidecar/presence"
+)
+
+func newEngine(t *testing.T, st store.Store) *presence.Engine {
+	t.Helper()
+	e, err := presence.New(presence.Options{
+		Defaults: presence.Settings{Enabled: true, CheckInterval: 2 * time.Minute, Mode: presence.ModeConnection},
+		Store:    st,
+		Detect:   presence.Detect{Rules: true, API: true},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func do(t *testing.T, h http.Handler, method, path, token, body string) (int, string) {
+	t.Helper()
+	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	b, _ := io.ReadAll(rec.Body)
+	return rec.Code, string(b)
+}
+
+func TestTokenGuardsV1(t *testing.T) {
+	st := store.NewMemory()
+	s := &Server{Token: "sekret", Engine: newEngine(t, st), Store: st}
+	h := s.Handler()
+	if code, _ := do(t, h, "GET", "/v1/sessions", "", ""); code != http.StatusUnauthorized {
+		t.Fatalf("no token: %d", code)
+	}
+	if code, _ := do(t, h, "GET", "/v1/sessions", "sekreT", ""); code != http.StatusUnauthorized {
+		t.Fatalf("wrong token: %d", code)
+	}
+	if code, body := do(t, h, "GET", "/v1/sessions", "sekret", ""); code != http.StatusOK || !strings.Contains(body, `"sessions"`) {
+		t.Fatalf("right token: %d %s", code, body)
+	}
+	// Health probes never need the token.
+	if code, _ := do(t, h, "GET", "/healthz", "", ""); code != http.StatusOK {
+		t.Fatalf("healthz: %d", code)
+	}
+}
+
+func TestNoTokenMeansAPIOff(t *testing.T) {
+	st := store.NewMemory()
+	h := (&Server{Engine: newEngine(t, st), Store: st}).Handler()
+	code, body := do(t, h, "GET", "/v1/sessions", "anything", "")
+	if code != http.StatusForbidden || !strings.Contains(body, "ADMIN_TOKEN") {
+		t.Fatalf("%d %s", code, body)
+	}
+}
+
+func TestHandoffAndBotSettings(t *testing.T) {
+	st := store.NewMemory()
+	h := (&Server{Token: "t", Engine: newEngine(t, st), Store: st}).Handler()
+	if code, body := do(t, h, "PUT", "/v1/sessions/s1/handoff?botId=b1", "t", ""); code != 200 || !strings.Contains(body, `"handedOver": true`) {
+		t.Fatalf("PUT handoff: %d %s", code, body)
+	}
+	if code, body := do(t, h, "DELETE", "/v1/sessions/s1/handoff", "t", ""); code != 200 || !strings.Contains(body, `"handedOver": false`) {
+		t.Fatalf("DELETE handoff: %d %s", code, body)
+	}
+	if code, _ := do(t, h, "GET", "/v1/sessions/nope", "t", ""); code != 404 {
+		t.Fatalf("unknown session: %d", code)
+	}
+	if code, body := do(t, h, "PUT", "/v1/bots/b1/presence", "t", `{"checkInterval":"30s"}`); code != 400 || !strings.Contains(body, "checkInterval") {
+		t.Fatalf("out-of-range interval must be refused: %d %s", code, body)
+	}
+	if code, body := do(t, h, "PUT", "/v1/bots/b1/presence", "t", `{"checkIntervall":"3m"}`); code != 400 {
+		t.Fatalf("unknown field must be refused: %d %s", code, body)
+	}
+	if code, body := do(t, h, "PUT", "/v1/bots/b1/presence", "t", `{"checkInterval":"3m","returnMessage":"voltou","mode":"activity"}`); code != 200 || !strings.Contains(body, `"3m0s"`) {
+		t.Fatalf("PUT bot: %d %s", code, body)
+	}
+	if code, body := do(t, h, "GET", "/v1/bots/b1/presence", "t", ""); code != 200 || !strings.Contains(body, `"voltou"`) || !strings.Contains(body, `"activity"`) {
+		t.Fatalf("GET bot: %d %s", code, body)
+	}
+	bots, _ := st.Bots()
+	if bots["b1"].ReturnMessage != "voltou" {
+		t.Fatalf("bot settings not persisted: %+v", bots)
+	}
+}
+
+func TestPresenceOffAndReadiness(t *testing.T) {
+	s := &Server{Token: "t", Ready: func() string { return "state store: disk on fire" }}
+	h := s.Handler()
+	if code, body := do(t, h, "GET", "/v1/sessions", "t", ""); code != http.StatusConflict || !strings.Contains(body, "PRESENCE_ENABLED") {
+		t.Fatalf("presence off: %d %s", code, body)
+	}
+	if code, body := do(t, h, "GET", "/readyz", "", ""); code != 200 || !strings.Contains(body, "degraded") {
+		t.Fatalf("degraded readyz: %d %s", code, body)
+	}
+	s.Drain()
+	if code, _ := do(t, h, "GET", "/readyz", "", ""); code != http.StatusServiceUnavailable {
+		t.Fatalf("draining readyz: %d", code)
+	}
+}
