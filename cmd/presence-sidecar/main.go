@@ -8,9 +8,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -19,9 +22,40 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		os.Exit(healthcheck(os.Getenv("ADMIN_ADDR"), os.Stderr))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	os.Exit(run(ctx, os.Environ(), os.Stderr))
+}
+
+// healthcheck asks a running sidecar's /healthz; the container image has no
+// shell or curl for its HEALTHCHECK.
+func healthcheck(adminAddr string, stderr io.Writer) int {
+	if adminAddr == "" {
+		adminAddr = "127.0.0.1:9090"
+	}
+	host, port, err := net.SplitHostPort(adminAddr)
+	if err != nil {
+		fmt.Fprintf(stderr, "healthcheck: ADMIN_ADDR=%q: %v\n", adminAddr, err)
+		return 1
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	client := http.Client{Timeout: 2 * time.Second}
+	resp, err := client.Get("http://" + net.JoinHostPort(host, port) + "/healthz")
+	if err != nil {
+		fmt.Fprintf(stderr, "healthcheck: %v\n", err)
+		return 1
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "healthcheck: /healthz answered %s\n", resp.Status)
+		return 1
+	}
+	return 0
 }
 
 // run starts the sidecar and blocks until ctx ends (a signal), then drains.

@@ -1,0 +1,131 @@
+// Command demo shows the sidecar at work in one command, with nothing but Go:
+//
+//	go run ./cmd/demo
+//
+// It starts, in one process, a demo conversation service that speaks the seed
+// platform's WebChat socket protocol and serves a WebChat page, the sidecar in
+// front of it (presence on, a 10 s check interval, a 5 s liveness probe), and
+// a demo agent console that receives the sidecar's notifications and shows
+// them live. Then it prints what to open and what to try.
+//
+// Every sidecar variable can be overridden from the environment (for example
+// PRESENCE_CHECK_INTERVAL=30s or PRESENCE_MODE=activity); the flags choose the
+// ports.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/presence-sidecar/presence-sidecar/internal/demo"
+	"github.com/presence-sidecar/presence-sidecar/presence"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Environ(), os.Stdout, os.Stderr))
+}
+
+func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	webchat := fs.String("webchat", ":8080", "the sidecar's listener (LISTEN_ADDR): open the WebChat here")
+	console := fs.String("console", ":8081", "the demo agent console")
+	admin := fs.String("admin", "127.0.0.1:9090", "the sidecar's admin listener (ADMIN_ADDR): the status page")
+	service := fs.String("service", "127.0.0.1:8082", "the demo conversation service (the sidecar's upstream)")
+	keepAlive := fs.Duration("keepalive", 5*time.Second, "how often the WebChat page sends keep_alive (the real client: 9m)")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: go run ./cmd/demo [flags]\n\nStarts a demo conversation service, the sidecar in front of it and a demo agent console.\nSidecar variables (PRESENCE_CHECK_INTERVAL, PRESENCE_MODE, ...) may be set in the environment.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return 0
+		}
+		return 2
+	}
+	// Demo defaults < the real environment < flags given on the command line.
+	env := append([]string(nil), environ...)
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["webchat"] || !has(environ, "LISTEN_ADDR") {
+		env = append(env, "LISTEN_ADDR="+*webchat)
+	}
+	if set["admin"] || !has(environ, "ADMIN_ADDR") {
+		env = append(env, "ADMIN_ADDR="+*admin)
+	}
+	s, err := demo.Start(ctx, demo.StackOptions{
+		WebChatAddr: *webchat,
+		AdminAddr:   *admin,
+		ConsoleAddr: *console,
+		ServiceAddr: *service,
+		Env:         env,
+		KeepAlive:   *keepAlive,
+	})
+	if err != nil {
+		fmt.Fprintf(stderr, "demo: %v\n", err)
+		fmt.Fprintf(stderr, "demo: ports in use? choose others with -webchat, -console, -admin and -service (see -h)\n")
+		return 1
+	}
+	c := s.Config
+	status := s.StatusURL + "/"
+	if c.AdminToken != "" {
+		if u, err := url.Parse(status); err == nil {
+			u.User = url.UserPassword("admin", c.AdminToken)
+			status = u.String()
+		}
+	}
+	fmt.Fprintf(stdout, `
+presence-sidecar demo is running (Ctrl-C stops it).
+
+  WebChat (through the sidecar)  %s/
+  Agent console                  %s/
+  Sidecar status page            %s   (any user, password %q = ADMIN_TOKEN)
+
+Presence: mode %s, a handed-over client is absent after %s without presence; probe every %s.
+
+Try it:
+  1. Open the WebChat, type anything: the bot answers over the socket.
+  2. Type "human" (or "atendente"): the bot hands the conversation over to a person.
+  3. Copy the page's "reopen" link, then close the tab.
+  4. Wait %s: the agent console shows  POST /expire?offline=true  for that session.
+  5. Open the reopen link (same ?session=; Ctrl+Shift+T usually works too):
+     the console shows  POST /message  "%s".
+  Each tab is its own session (its id lives in the tab's sessionStorage);
+  ?session=ID opens an existing one, e.g. in a second tab.
+  Watch the status page: the session goes present → absent → present.
+
+`, s.WebChatURL, s.ConsoleURL, status, c.AdminToken, modeOf(c.PresenceMode), c.PresenceCheckInterval, c.ProbeInterval,
+		c.PresenceCheckInterval, returnText(c.PresenceReturnMessage))
+	if err := s.Wait(); err != nil {
+		fmt.Fprintf(stderr, "demo: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func has(environ []string, key string) bool {
+	for _, kv := range environ {
+		if len(kv) > len(key) && kv[:len(key)+1] == key+"=" {
+			return true
+		}
+	}
+	return false
+}
+
+func modeOf(m string) string {
+	if m == "" {
+		return "connection"
+	}
+	return m
+}
+
+func returnText(s string) string { return presence.Settings{ReturnMessage: s}.ReturnText() }
