@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 /usr/bin/python3 -c 'import websockets' 2>/dev/null || need+=(python3-websockets)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if ((${#need[@]})); then
 	if [ "$(id -u)" = 0 ]; then
 		echo "installing test dependencies: ${need[*]}" >&2

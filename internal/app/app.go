@@ -21,6 +21,7 @@ import (
 	"github.com/presence-sidecar/presence-sidecar/internal/admin"
 	"github.com/presence-sidecar/presence-sidecar/internal/config"
 	"github.com/presence-sidecar/presence-sidecar/internal/rules"
+	"github.com/presence-sidecar/presence-sidecar/internal/status"
 	"github.com/presence-sidecar/presence-sidecar/internal/store"
 	"github.com/presence-sidecar/presence-sidecar/presence"
 	"github.com/presence-sidecar/presence-sidecar/proxy"
@@ -86,6 +87,7 @@ func Build(cfg config.Config, log *zap.Logger) (*App, error) {
 		Deliverer: a.deliverer,
 		Store:     a.store,
 		Metrics:   a.metricsHandler(),
+		Status:    status.Handler(cfg, a.engine, a.store),
 		Ready:     a.ready,
 	}
 	return a, nil
@@ -199,11 +201,13 @@ func (a *App) Serve(ctx context.Context, started func(proxyAddr, adminAddr strin
 	lc := net.ListenConfig{KeepAlive: cfg.TCPKeepAlive}
 	ln, err := lc.Listen(ctx, "tcp", cfg.ListenAddr)
 	if err != nil {
+		a.closeStore()
 		return fmt.Errorf("LISTEN_ADDR=%q: %w", cfg.ListenAddr, err)
 	}
 	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
 	if err != nil {
 		ln.Close()
+		a.closeStore()
 		return fmt.Errorf("ADMIN_ADDR=%q: %w", cfg.AdminAddr, err)
 	}
 	proxySrv := &http.Server{
@@ -251,10 +255,8 @@ func (a *App) Serve(ctx context.Context, started func(proxyAddr, adminAddr strin
 	proxySrv.Close()
 	stopBG() // the engine flushes its state, the deliverer finishes attempts in flight
 	wg.Wait()
-	if a.store != nil {
-		if err := a.store.Close(); err != nil && failure == nil {
-			failure = err
-		}
+	if err := a.closeStore(); err != nil && failure == nil {
+		failure = err
 	}
 	_ = adminSrv.Close()
 	a.log.Info("stopped")
@@ -273,4 +275,11 @@ func nonNil(err error, what string) error {
 		return nil
 	}
 	return fmt.Errorf("%s: %w", what, err)
+}
+
+func (a *App) closeStore() error {
+	if a.store == nil {
+		return nil
+	}
+	return a.store.Close()
 }
