@@ -28,7 +28,7 @@ import (
 // Options configure a Proxy.
 type Options struct {
 	Upstream       *url.URL
-	DialTimeout    time.Duration // connect to the upstream; also bounds the WebSocket handshake
+	DialTimeout    time.Duration // connect to the upstream; also bounds the WebSocket handshake (0: 10s)
 	KeepAlive      time.Duration // TCP keep-alive period on upstream sockets (client sockets: the server's)
 	MaxConnections int           // in-flight requests plus open WebSockets; 0 = no cap
 	ProbeInterval  time.Duration // 0 = no liveness probe
@@ -84,6 +84,9 @@ func New(o Options) (*Proxy, error) {
 	if o.Log == nil {
 		o.Log = zap.NewNop()
 	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = 10 * time.Second // an upgrade needs a bound on its handshake
+	}
 	if o.InspectBytes <= 0 {
 		o.InspectBytes = 4096
 	}
@@ -103,11 +106,7 @@ func New(o Options) (*Proxy, error) {
 		ExpectContinueTimeout: time.Second,
 	}
 	p.rp = &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(target)
-			pr.SetXForwarded()
-			ensureTraceparent(pr.Out.Header)
-		},
+		Rewrite:      func(pr *httputil.ProxyRequest) { rewrite(pr, target) },
 		Transport:    transport,
 		ErrorLog:     zap.NewStdLog(o.Log.Named("reverseproxy")),
 		ErrorHandler: p.badGateway,
@@ -138,7 +137,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.stats.HTTPRequests.Add(1)
 	who := event.Identity{SessionID: p.o.SessionFrom.fromRequest(r), BotID: p.o.BotFrom.fromRequest(r)}
 	if r.Body != nil && r.Body != http.NoBody && p.wantsBody() {
-		r.Body = &bodyTap{ReadCloser: r.Body, p: p, who: who, limit: p.o.InspectBytes}
+		tap := &bodyTap{ReadCloser: r.Body, p: p, who: who, limit: p.o.InspectBytes}
+		r.Body = tap
+		// The upstream may answer before the body ended, and ReverseProxy
+		// does not pass Close on: the request is reported at the latest here.
+		defer tap.finish()
 	} else {
 		p.httpSeen(who, nil)
 	}
@@ -167,21 +170,26 @@ func (p *Proxy) httpSeen(who event.Identity, body []byte) {
 }
 
 // bodyTap keeps a bounded prefix of a request body as it streams to the
-// upstream, and reports the request when the body is done.
+// upstream, and reports the request once: when the body is done, or when
+// the handler returns. The transport reads it on its own goroutine, which
+// can outlive the handler, hence the lock.
 type bodyTap struct {
 	io.ReadCloser
 	p     *Proxy
 	who   event.Identity
 	limit int
+	mu    sync.Mutex
 	buf   []byte
 	done  bool
 }
 
 func (b *bodyTap) Read(q []byte) (int, error) {
 	n, err := b.ReadCloser.Read(q)
-	if room := b.limit - len(b.buf); room > 0 && n > 0 {
+	b.mu.Lock()
+	if room := b.limit - len(b.buf); room > 0 && n > 0 && !b.done {
 		b.buf = append(b.buf, q[:min(n, room)]...)
 	}
+	b.mu.Unlock()
 	if err != nil {
 		b.finish()
 	}
@@ -194,10 +202,13 @@ func (b *bodyTap) Close() error {
 }
 
 func (b *bodyTap) finish() {
-	if b.done {
+	b.mu.Lock()
+	done := b.done
+	b.done = true // buf no longer changes
+	b.mu.Unlock()
+	if done {
 		return
 	}
-	b.done = true
 	body := b.buf
 	if body == nil {
 		body = []byte{}
@@ -261,6 +272,24 @@ func headerHasToken(h http.Header, name, token string) bool {
 	return false
 }
 
+// rewrite points an outbound request at the upstream, for plain requests
+// and upgrades alike.
+func rewrite(pr *httputil.ProxyRequest, target *url.URL) {
+	pr.SetURL(target)
+	pr.Out.Host = pr.In.Host // end to end: virtual hosts, origin checks
+	// We sit behind an ingress: keep the forwarding headers it set (its
+	// scheme and host, the chain of addresses) and add our hop.
+	in := pr.In.Header
+	pr.Out.Header["X-Forwarded-For"] = in["X-Forwarded-For"]
+	pr.SetXForwarded()
+	for _, h := range []string{"X-Forwarded-Proto", "X-Forwarded-Host"} {
+		if v := in.Get(h); v != "" {
+			pr.Out.Header.Set(h, v)
+		}
+	}
+	ensureTraceparent(pr.Out.Header)
+}
+
 // ensureTraceparent starts a W3C trace when the client sent none, so the
 // upstream's logs can be joined with ours.
 func ensureTraceparent(h http.Header) {
@@ -298,7 +327,7 @@ func (p *Proxy) Shutdown(ctx context.Context) {
 	}
 	p.connsMu.Lock()
 	for c := range p.conns {
-		c.goAway()
+		go c.goAway() // may block on a peer that does not read, until its kill
 	}
 	p.connsMu.Unlock()
 	for deadline := time.Now().Add(3 * time.Second); p.stats.OpenWebSockets.Load() > 0 && time.Now().Before(deadline); {

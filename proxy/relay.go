@@ -63,6 +63,8 @@ type wsConn struct {
 	probe       [probeLen]byte
 
 	closeSeen atomic.Bool // a Close frame passed: no more Pings
+	noProbe   atomic.Bool // a tap stopped on a protocol error: the probe cannot work
+	shutdown  atomic.Bool // goAway closed it (it was not closing already)
 	killed    atomic.Pointer[event.CloseReason]
 	firstEnd  atomic.Pointer[event.CloseReason]
 }
@@ -133,6 +135,8 @@ func (c *wsConn) run(fromClient, fromUpstream []byte) {
 	switch {
 	case c.killed.Load() != nil:
 		reason = *c.killed.Load()
+	case c.shutdown.Load():
+		reason = event.CloseShutdown
 	case c.closeSeen.Load():
 		reason = event.CloseClean
 	case c.firstEnd.Load() != nil:
@@ -286,6 +290,12 @@ func (c *wsConn) probeFire() {
 	if c.closeSeen.Load() || c.killed.Load() != nil {
 		c.probeMu.Unlock()
 		return // closing anyway; a Ping now would break the close handshake
+	}
+	if c.noProbe.Load() {
+		// A Ping cannot be placed at a frame boundary, or its Pong cannot
+		// be told apart: the probe stops and TCP keep-alive remains.
+		c.probeMu.Unlock()
+		return
 	}
 	if c.outstanding {
 		c.probeMu.Unlock()
@@ -458,6 +468,7 @@ func (s *clientSide) Message(m wsframe.Message) {
 }
 
 func (s *clientSide) ProtocolError(err error) {
+	s.c.noProbe.Store(true)
 	s.c.log().Debug("client stream is not valid WebSocket; relaying it untouched", zap.Error(err))
 }
 
@@ -515,6 +526,7 @@ func (s *upstreamSide) Message(m wsframe.Message) {
 }
 
 func (s *upstreamSide) ProtocolError(err error) {
+	s.c.noProbe.Store(true)
 	s.c.log().Debug("upstream stream is not valid WebSocket; relaying it untouched", zap.Error(err))
 }
 
@@ -522,6 +534,13 @@ func (s *upstreamSide) ProtocolError(err error) {
 // peers, each at a frame boundary so no frame is cut, and closes the sockets
 // after a short wait for the peers' answers.
 func (c *wsConn) goAway() {
+	// The deadline comes first: a write below can block on a peer that
+	// stopped reading (and so can taking a lock that a blocked relay write
+	// holds); only closing the sockets ends that.
+	time.AfterFunc(time.Second, func() { c.kill(event.CloseShutdown) })
+	if !c.closeSeen.Load() {
+		c.shutdown.Store(true)
+	}
 	if c.tapped {
 		c.clientMu.Lock()
 		if c.clientAtFrame && !c.closeSeen.Load() {
@@ -529,7 +548,8 @@ func (c *wsConn) goAway() {
 		}
 		c.clientMu.Unlock()
 		c.upstreamMu.Lock()
-		if c.upstreamAtFrame && c.fromClient.held == 0 && !c.closeSeen.Load() {
+		// upstreamAtFrame implies that no client bytes are held back.
+		if c.upstreamAtFrame && !c.closeSeen.Load() {
 			// Frames to the upstream are masked, as a client's must be.
 			var key [4]byte
 			binary.LittleEndian.PutUint32(key[:], rand.Uint32())
@@ -538,5 +558,4 @@ func (c *wsConn) goAway() {
 		c.upstreamMu.Unlock()
 		c.closeSeen.Store(true)
 	}
-	time.AfterFunc(time.Second, func() { c.kill(event.CloseShutdown) })
 }

@@ -47,11 +47,7 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request) bool {
 	out.Header = r.Header.Clone()
 	upgrade := r.Header.Get("Upgrade")
 	removeHopByHop(out.Header)
-	pr := &httputil.ProxyRequest{In: r, Out: out}
-	pr.SetURL(target)
-	out.Header["X-Forwarded-For"] = r.Header["X-Forwarded-For"]
-	pr.SetXForwarded()
-	ensureTraceparent(out.Header)
+	rewrite(&httputil.ProxyRequest{In: r, Out: out}, target)
 	out.Header.Set("Connection", "Upgrade")
 	out.Header.Set("Upgrade", upgrade)
 	if _, ok := out.Header["User-Agent"]; !ok {
