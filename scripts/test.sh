@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 need=()
 /usr/bin/python3 -c 'import websockets' 2>/dev/null || need+=(python3-websockets)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light) # bench/ compares against it
 if ((${#need[@]})); then
 	if [ "$(id -u)" = 0 ]; then
 		echo "installing test dependencies: ${need[*]}" >&2
@@ -28,6 +29,8 @@ if [ -n "$gofmt_out" ]; then
 fi
 go vet ./...
 go test -race -count=1 -timeout 14m "$@" ./...
+# The benchmark harness (its own module) at a tiny size, so it cannot rot.
+(cd bench && PATH="$PATH:/usr/sbin" WSBENCH_REQUIRE_NGINX=1 go test -count=1 ./...)
 # Memory and allocation figures are distorted by the race detector, so the
 # tests that pin them skip under -race and run here without it.
 go test -count=1 -run '^(TestMemoryPerSession|TestDeflateMemory|TestInflightMemory|TestNoAllocs)$' -v ./presence ./proxy/wsframe | grep -E '^(=== RUN|--- |ok|FAIL|PASS)|bytes per'
