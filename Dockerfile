@@ -6,7 +6,12 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/presence-sidecar ./cmd/presence-sidecar \
+# The version reported as the OpenTelemetry service.version
+# (docker build --build-arg VERSION=v1.2.3 .); empty: the Go build info.
+ARG VERSION=""
+RUN CGO_ENABLED=0 go build -trimpath \
+      -ldflags="-s -w -X github.com/presence-sidecar/presence-sidecar/internal/telemetry.version=${VERSION}" \
+      -o /out/presence-sidecar ./cmd/presence-sidecar \
  && mkdir -p /out/data
 
 FROM gcr.io/distroless/static-debian12:nonroot

@@ -27,9 +27,16 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"go.uber.org/zap"
 
 	"github.com/presence-sidecar/presence-sidecar/internal/store"
+	"github.com/presence-sidecar/presence-sidecar/internal/tracectx"
 )
 
 // Defaults, as documented in SPEC §5.
@@ -87,6 +94,11 @@ type Options struct {
 	// was updated, from the delivering goroutine (concurrently: keep it fast
 	// and safe for concurrent use).
 	Observe func(Outcome)
+	// Tracer records a client span per attempt, a child of the
+	// notification's TraceParent (the transition that caused it); the
+	// webhook's traceparent is that span. nil: no spans, and the webhook
+	// carries the notification's TraceParent as it is.
+	Tracer trace.TracerProvider
 }
 
 // Result is what became of one delivery attempt.
@@ -123,6 +135,7 @@ type Deliverer struct {
 	ownClient  bool
 	log        *zap.Logger
 	now        func() time.Time
+	tracer     trace.Tracer
 
 	wake    chan struct{}
 	running atomic.Bool
@@ -195,6 +208,11 @@ func New(o Options) (*Deliverer, error) {
 	if d.now == nil {
 		d.now = time.Now
 	}
+	tp := o.Tracer
+	if tp == nil {
+		tp = noop.NewTracerProvider()
+	}
+	d.tracer = tp.Tracer("github.com/presence-sidecar/presence-sidecar/handoff")
 	d.client = o.Client
 	if d.client == nil {
 		d.client, d.ownClient = newClient(o.Timeout, o.Concurrency), true
@@ -610,9 +628,21 @@ type attempt struct {
 	result     Result // Delivered, Retry or Dead (before the horizon check)
 }
 
+// Span attributes of a delivery attempt, besides the HTTP conventions.
+const (
+	attrWebhookID = attribute.Key("presence_sidecar.webhook.id")
+	attrKind      = attribute.Key("presence_sidecar.notification.kind")
+	attrAttempt   = attribute.Key("presence_sidecar.delivery.attempt")
+	attrOutcome   = attribute.Key("presence_sidecar.delivery.outcome")
+	attrBotID     = attribute.Key("bot.id")
+)
+
 // deliver makes one attempt for n and records its outcome in the store.
 func (d *Deliverer) deliver(n store.Notification) done {
-	a := d.post(n)
+	ctx, span := tracectx.Start(tracectx.WithRemote(context.Background(), n.TraceParent), d.tracer,
+		"handoff.deliver", trace.WithSpanKind(trace.SpanKindClient))
+	defer span.End()
+	a := d.post(ctx, n)
 	n.Attempts++
 	now := d.now()
 	lastErr := a.reason
@@ -649,10 +679,12 @@ func (d *Deliverer) deliver(n store.Notification) done {
 		err = d.o.Store.DeadLetter(n)
 	}
 
+	d.endSpan(span, n, a, res)
 	fields := []zap.Field{
 		zap.String("session", n.SessionID), zap.String("bot", n.BotID), zap.String("kind", string(n.Kind)),
 		zap.String("webhook_id", n.ID), zap.Int("attempt", n.Attempts), zap.Int("status", a.status),
 		zap.Duration("latency", a.latency), zap.String("outcome", string(res)),
+		zap.String("trace_id", trace.SpanContextFromContext(ctx).TraceID().String()),
 	}
 	switch res {
 	case Delivered:
@@ -686,6 +718,31 @@ func (d *Deliverer) deliver(n store.Notification) done {
 	return out
 }
 
+// endSpan records an attempt's outcome on its span.
+func (d *Deliverer) endSpan(span trace.Span, n store.Notification, a attempt, res Result) {
+	if !span.IsRecording() {
+		return
+	}
+	attrs := []attribute.KeyValue{
+		semconv.HTTPRequestMethodPost, semconv.SessionID(n.SessionID), attrBotID.String(n.BotID),
+		attrWebhookID.String(n.ID), attrKind.String(string(n.Kind)), attrAttempt.Int(n.Attempts), attrOutcome.String(string(res)),
+	}
+	// Host and path only: the configured URL may carry credentials.
+	if u, err := url.Parse(d.Endpoint(n)); err == nil {
+		attrs = append(attrs, semconv.ServerAddress(u.Hostname()), semconv.URLPath(u.Path))
+		if p, err := strconv.Atoi(u.Port()); err == nil {
+			attrs = append(attrs, semconv.ServerPort(p))
+		}
+	}
+	if a.status != 0 {
+		attrs = append(attrs, semconv.HTTPResponseStatusCode(a.status))
+	}
+	span.SetAttributes(attrs...)
+	if res != Delivered {
+		span.SetStatus(codes.Error, a.reason)
+	}
+}
+
 func horizonStart(n store.Notification) time.Time {
 	s := n.CreatedAt
 	if n.ReplayedAt.After(s) {
@@ -697,14 +754,14 @@ func horizonStart(n store.Notification) time.Time {
 	return s
 }
 
-// post sends n once.
-func (d *Deliverer) post(n store.Notification) attempt {
+// post sends n once; ctx carries the attempt's span.
+func (d *Deliverer) post(ctx context.Context, n store.Notification) attempt {
 	body, err := renderBody(n)
 	if err != nil {
 		// Retrying cannot fix a note we cannot render: make it visible at once.
 		return attempt{result: Dead, reason: "cannot render: " + err.Error()}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), d.o.Timeout)
+	ctx, cancel := context.WithTimeout(ctx, d.o.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.Endpoint(n), bytes.NewReader(body))
 	if err != nil {
@@ -724,9 +781,9 @@ func (d *Deliverer) post(n store.Notification) attempt {
 	if d.key != nil {
 		h.Set("webhook-signature", Sign(d.key, n.ID, ts, body))
 	}
-	if n.TraceParent != "" {
-		h.Set("traceparent", n.TraceParent)
-	}
+	// The attempt's span: a child of the transition that caused n (its
+	// TraceParent as it is when no tracer records).
+	tracectx.Propagator.Inject(ctx, propagation.HeaderCarrier(h))
 
 	start := time.Now()
 	resp, err := d.client.Do(req)

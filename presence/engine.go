@@ -26,6 +26,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"go.uber.org/zap"
 
 	"github.com/presence-sidecar/presence-sidecar/internal/rules"
@@ -64,6 +66,12 @@ type Options struct {
 	ForgetAfter   time.Duration // how long an absent session without connections is kept (default 24h)
 	FlushInterval time.Duration // how often non-decision changes are written (default 200ms)
 	Wake          func()        // called after notifications were committed
+	// Tracer records a span per transition, in the trace of the session's
+	// latest connection (or latest HTTP request, while it has no connection
+	// open); the notification a transition causes
+	// carries that span's context (Notification.TraceParent). nil: no spans,
+	// the notification carries the session's trace context as it came.
+	Tracer trace.TracerProvider
 }
 
 const (
@@ -91,7 +99,7 @@ func reasonCode(s string) uint8 {
 	return reasonNone
 }
 
-// sess is one session's state in memory, kept small (80 bytes): times are
+// sess is one session's state in memory, kept small (112 bytes): times are
 // Unix nanoseconds, 0 meaning none.
 type sess struct {
 	id       string
@@ -106,8 +114,9 @@ type sess struct {
 	handed   bool
 	expSent  bool // ExpireSent
 	reason   uint8
-	dirty    bool // changed since last written
-	gone     bool // forgotten; heap entries and conns still pointing here are stale
+	trace    traceRef // of the latest connection or request that brought one
+	dirty    bool     // changed since last written
+	gone     bool     // forgotten; heap entries and conns still pointing here are stale
 	shard    uint8
 }
 
@@ -130,8 +139,9 @@ type shard struct {
 }
 
 type conn struct {
-	s   *sess  // nil: no session id yet (untracked)
-	bot string // a bot id seen before the session id
+	s     *sess     // nil: no session id yet (untracked)
+	bot   string    // a bot id seen before the session id
+	trace *traceRef // the upgrade's trace, kept until the session id comes
 }
 
 type connShard struct {
@@ -155,6 +165,7 @@ type Engine struct {
 	end    rules.Set
 	ignore rules.Set
 	wakeFn func()
+	tracer trace.Tracer
 
 	def      Settings
 	allowAny bool
@@ -214,6 +225,11 @@ func New(o Options) (*Engine, error) {
 	if e.log == nil {
 		e.log = zap.NewNop()
 	}
+	tp := o.Tracer
+	if tp == nil {
+		tp = noop.NewTracerProvider()
+	}
+	e.tracer = tp.Tracer("github.com/presence-sidecar/presence-sidecar/presence")
 	if e.forget <= 0 {
 		e.forget = int64(24 * time.Hour)
 	}
@@ -520,9 +536,10 @@ func (e *Engine) commitLocked(sh *shard, chs []change, now int64) bool {
 
 // ---- transitions (all under the session's shard lock) ----
 
-func (e *Engine) logTransition(msg string, s *sess, reason string) {
+// logTransition writes the one log line of a transition: ids, never content.
+func (e *Engine) logTransition(msg string, s *sess, reason, traceparent string) {
 	e.log.Info(msg, zap.String("session", s.id), zap.String("bot", s.bot),
-		zap.Uint32("episode", s.episode), zap.String("reason", reason))
+		zap.Uint32("episode", s.episode), zap.String("reason", reason), zap.String("trace_id", traceID(traceparent)))
 }
 
 // absentLocked: the deadline passed without presence.
@@ -536,21 +553,23 @@ func (e *Engine) absentLocked(sh *shard, s *sess, set *Settings, now int64, c *c
 	if set.Mode == ModeActivity {
 		s.reason = reasonInactive
 	}
+	tp := e.span(spanAbsent, s, now, set)
 	if e.handed(s) && set.Enabled {
-		c.notes = append(c.notes, e.offlineNote(s, now))
+		c.notes = append(c.notes, e.offlineNote(s, now, tp))
 		s.expSent = true
 		c.sync = true
 	}
 	e.nAbsent.Add(1)
 	sh.markDirty(s)
-	e.logTransition("presence: client absent", s, reasonText[s.reason])
+	e.logTransition("presence: client absent", s, reasonText[s.reason], tp)
 }
 
-func (e *Engine) offlineNote(s *sess, now int64) store.Notification {
+func (e *Engine) offlineNote(s *sess, now int64, traceparent string) store.Notification {
 	return store.Notification{
 		ID: newID(), Kind: store.KindOffline, SessionID: s.id, BotID: s.bot,
 		Episode: uint64(s.episode), Reason: reasonText[s.reason],
 		LastSeenAt: tm(s.seen), DetectedAt: tm(s.absentAt), CreatedAt: tm(now),
+		TraceParent: traceparent,
 	}
 }
 
@@ -571,11 +590,13 @@ func (e *Engine) seenLocked(sh *shard, s *sess, set *Settings, now int64, c *cha
 
 // returnLocked: an absent session is seen again.
 func (e *Engine) returnLocked(sh *shard, s *sess, set *Settings, now int64, c *change) {
+	tp := e.span(spanReturned, s, now, set)
 	if s.expSent {
 		c.notes = append(c.notes, store.Notification{
 			ID: newID(), Kind: store.KindOnline, SessionID: s.id, BotID: s.bot,
 			Episode: uint64(s.episode), Text: set.ReturnText(),
 			OfflineSince: tm(s.absentAt), DetectedAt: tm(now), CreatedAt: tm(now),
+			TraceParent: tp,
 		})
 		c.sync = true
 	}
@@ -591,7 +612,7 @@ func (e *Engine) returnLocked(sh *shard, s *sess, set *Settings, now int64, c *c
 	e.nPresent.Add(1)
 	sh.markDirty(s)
 	e.rearm(sh, s)
-	e.logTransition("presence: client back", s, reason)
+	e.logTransition("presence: client back", s, reason, tp)
 }
 
 // handoffLocked applies a hand-over start (on) or end.
@@ -603,13 +624,15 @@ func (e *Engine) handoffLocked(sh *shard, s *sess, on bool, now int64, c *change
 		s.handed = true
 		c.sync = true
 		e.nHandoffOn.Add(1)
+		set := e.settings(s.bot)
+		tp := e.span(spanHandoffOn, s, now, set)
 		// The agent must learn that the client is already gone.
-		if s.state == store.Absent && !s.expSent && e.settings(s.bot).Enabled {
-			c.notes = append(c.notes, e.offlineNote(s, now))
+		if s.state == store.Absent && !s.expSent && set.Enabled {
+			c.notes = append(c.notes, e.offlineNote(s, now, tp))
 			s.expSent = true
 		}
 		sh.markDirty(s)
-		e.logTransition("presence: hand-over started", s, reasonText[s.reason])
+		e.logTransition("presence: hand-over started", s, reasonText[s.reason], tp)
 		return
 	}
 	if e.detect.Always || !s.handed {
@@ -626,7 +649,8 @@ func (e *Engine) handoffLocked(sh *shard, s *sess, on bool, now int64, c *change
 	}
 	e.nHandoffOff.Add(1)
 	sh.markDirty(s)
-	e.logTransition("presence: hand-over ended", s, reasonText[s.reason])
+	tp := e.span(spanHandoffOff, s, now, e.settings(s.bot))
+	e.logTransition("presence: hand-over ended", s, reasonText[s.reason], tp)
 }
 
 // finish commits c when needed; it reports whether to wake the deliverer.

@@ -128,7 +128,7 @@ func TestRunFiresAndFlushes(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- e.Run(ctx) }()
-	e.ConnOpened(1, event.Identity{SessionID: "s1", BotID: "bot"})
+	e.ConnOpened(1, event.Open{Who: event.Identity{SessionID: "s1", BotID: "bot"}})
 	e.Message(1, event.FromUpstream, event.Message{Prefix: transferFrame})
 	start := time.Now()
 	e.ConnClosed(1, event.CloseProbeTimeout)
@@ -143,7 +143,7 @@ func TestRunFiresAndFlushes(t *testing.T) {
 	if err := e.Run(ctx); err == nil {
 		t.Fatal("a second Run was accepted")
 	}
-	e.HTTPRequest(event.Identity{SessionID: "s2"}, nil) // a non-decision change, written by the final flush
+	e.HTTPRequest(event.Request{Who: event.Identity{SessionID: "s2"}}) // a non-decision change, written by the final flush
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -166,7 +166,7 @@ func TestOneLogLinePerTransitionWithoutContents(t *testing.T) {
 	r.advance(interval)        // absent
 	r.open(2, "s1", "bot")     // back
 	r.server(2, endFrame)      // handoff off
-	r.e.HTTPRequest(event.Identity{SessionID: "s1"}, []byte(`{"text":"segredo"}`))
+	r.e.HTTPRequest(event.Request{Who: event.Identity{SessionID: "s1"}, Body: []byte(`{"text":"segredo"}`)})
 	var got []string
 	for _, l := range logs.All() {
 		if !strings.HasPrefix(l.Message, "presence: client") && !strings.HasPrefix(l.Message, "presence: hand-over") {
@@ -262,10 +262,10 @@ func TestConcurrentHammer(t *testing.T) {
 				bot := bots[int(sid[0])%2]
 				id := event.ConnID(connID.Add(1))
 				if rng.IntN(3) == 0 {
-					e.ConnOpened(id, event.Identity{})
+					e.ConnOpened(id, event.Open{Who: event.Identity{}})
 					e.ConnIdentified(id, event.Identity{SessionID: sid, BotID: bot})
 				} else {
-					e.ConnOpened(id, event.Identity{SessionID: sid, BotID: bot})
+					e.ConnOpened(id, event.Open{Who: event.Identity{SessionID: sid, BotID: bot}})
 				}
 				for k := rng.IntN(4); k > 0; k-- {
 					switch rng.IntN(6) {
@@ -276,7 +276,7 @@ func TestConcurrentHammer(t *testing.T) {
 					case 2:
 						e.Message(id, event.FromClient, event.Message{Prefix: keepAlive})
 					case 3:
-						e.HTTPRequest(event.Identity{SessionID: sid}, userMsg)
+						e.HTTPRequest(event.Request{Who: event.Identity{SessionID: sid}, Body: userMsg})
 					case 4:
 						_ = e.SetHandoff(sid, bot, rng.IntN(2) == 0)
 					default:
@@ -374,12 +374,12 @@ func TestMemoryPerSession(t *testing.T) {
 	}
 	idle := measure("absent-pending session, no connection", func(e *Engine) {
 		for _, id := range ids {
-			e.HTTPRequest(event.Identity{SessionID: id, BotID: "bot"}, nil)
+			e.HTTPRequest(event.Request{Who: event.Identity{SessionID: id, BotID: "bot"}})
 		}
 	})
 	conn := measure("session with one live connection", func(e *Engine) {
 		for i, id := range ids {
-			e.ConnOpened(event.ConnID(i+1), event.Identity{SessionID: id, BotID: "bot"})
+			e.ConnOpened(event.ConnID(i+1), event.Open{Who: event.Identity{SessionID: id, BotID: "bot"}})
 		}
 	})
 	if idle > 400 || conn > 500 {

@@ -90,7 +90,7 @@ func TestInvariant1_ActivityWithinIntervalNoNotification(t *testing.T) {
 	r.close(1)
 	for i := 0; i < 10; i++ {
 		r.advance(interval - time.Second)
-		r.e.HTTPRequest(event.Identity{SessionID: "s1"}, []byte(`{"sessionId":"s1","text":"oi"}`))
+		r.e.HTTPRequest(event.Request{Who: event.Identity{SessionID: "s1"}, Body: []byte(`{"sessionId":"s1","text":"oi"}`)})
 	}
 	r.wantNotes()
 	// Silence for the whole interval is absence.
@@ -107,7 +107,7 @@ func TestInvariant1_HTTPRequestWithoutConnectionIsPresence(t *testing.T) {
 	r.close(1)
 	for i := 0; i < 5; i++ {
 		r.advance(interval - time.Second)
-		r.e.HTTPRequest(event.Identity{SessionID: "s1"}, nil) // seen now: the deadline moves
+		r.e.HTTPRequest(event.Request{Who: event.Identity{SessionID: "s1"}}) // seen now: the deadline moves
 	}
 	r.wantNotes()
 	r.advance(interval)
@@ -226,7 +226,7 @@ func TestInvariant4_NotHandedOverNoNotificationButTracked(t *testing.T) {
 	r.open(1, "s1", "bot")
 	r.client(1, userMsg)
 	r.server(1, userMsg)
-	r.e.HTTPRequest(event.Identity{SessionID: "s2", BotID: "bot"}, []byte(`{"text":"oi"}`))
+	r.e.HTTPRequest(event.Request{Who: event.Identity{SessionID: "s2", BotID: "bot"}, Body: []byte(`{"text":"oi"}`)})
 	r.close(1)
 	r.advance(interval)
 	for _, id := range []string{"s1", "s2"} {
@@ -503,7 +503,7 @@ func TestHandoffRulesOnHTTPBody(t *testing.T) {
 	r := newRig(t, nil, nil, func(o *Options) {
 		o.HandoffStart = mustRules(t, "client:type=agent_request")
 	})
-	r.e.HTTPRequest(event.Identity{SessionID: "s1", BotID: "bot"}, []byte(`{"sessionId":"s1","type":"agent_request"}`))
+	r.e.HTTPRequest(event.Request{Who: event.Identity{SessionID: "s1", BotID: "bot"}, Body: []byte(`{"sessionId":"s1","type":"agent_request"}`)})
 	if !r.view("s1").HandedOver {
 		t.Fatal("HTTP body did not start the hand-over")
 	}
@@ -544,9 +544,9 @@ func TestDetectAlwaysAndAPI(t *testing.T) {
 
 func TestConnectionIdentifiedLater(t *testing.T) {
 	r := newRig(t, nil, nil, nil)
-	r.e.ConnOpened(1, event.Identity{})
-	r.e.ConnOpened(2, event.Identity{BotID: "bot"})
-	r.e.HTTPRequest(event.Identity{}, []byte(`{}`))
+	r.e.ConnOpened(1, event.Open{Who: event.Identity{}})
+	r.e.ConnOpened(2, event.Open{Who: event.Identity{BotID: "bot"}})
+	r.e.HTTPRequest(event.Request{Who: event.Identity{}, Body: []byte(`{}`)})
 	if st := r.e.Stats(); st.UntrackedConnections != 2 || st.UntrackedRequests != 1 || st.Sessions != 0 {
 		t.Fatalf("stats %+v", st)
 	}
@@ -564,7 +564,7 @@ func TestConnectionIdentifiedLater(t *testing.T) {
 	if st := r.e.Stats(); st.UntrackedConnections != 0 || st.Connections != 2 {
 		t.Fatalf("stats %+v", st)
 	}
-	r.e.ConnOpened(3, event.Identity{})
+	r.e.ConnOpened(3, event.Open{Who: event.Identity{}})
 	r.e.ConnClosed(3, event.CloseClean)
 	r.close(1)
 	r.close(2)
@@ -684,7 +684,7 @@ func TestForgetting(t *testing.T) {
 		t.Fatal("a connected session was forgotten")
 	}
 	// Re-created before the flush: the pending forget must not delete it.
-	r.e.HTTPRequest(event.Identity{SessionID: "gone"}, nil)
+	r.e.HTTPRequest(event.Request{Who: event.Identity{SessionID: "gone"}})
 	if err := r.e.Flush(); err != nil {
 		t.Fatal(err)
 	}

@@ -22,13 +22,16 @@ func (e *Engine) handoffMatch(dir event.Direction, doc []byte) (start, end bool)
 	return false, e.end.Has(dir) && e.end.Match(dir, doc)
 }
 
-// attach adds one live connection to session id.
-func (e *Engine) attach(id, bot string) (*sess, bool) {
+// attach adds one live connection to session id; tr is its upgrade's trace.
+func (e *Engine) attach(id, bot string, tr *traceRef) (*sess, bool) {
 	now := e.now()
 	sh := &e.shards[shardOf(id)]
 	sh.mu.Lock()
 	s := e.getLocked(sh, id, bot, now)
 	s.conns++
+	if tr != nil {
+		s.trace = *tr
+	}
 	c := change{s: s}
 	set := e.settings(s.bot)
 	if set.Mode == ModeConnection {
@@ -48,14 +51,20 @@ func (e *Engine) attach(id, bot string) (*sess, bool) {
 }
 
 // ConnOpened implements event.Observer.
-func (e *Engine) ConnOpened(id event.ConnID, who event.Identity) {
+func (e *Engine) ConnOpened(id event.ConnID, o event.Open) {
 	var c conn
 	woke := false
+	who := o.Who
+	var tr *traceRef
+	if t, ok := parseTrace(o.Trace); ok {
+		tr = &t
+	}
 	if who.SessionID != "" {
-		c.s, woke = e.attach(who.SessionID, who.BotID)
+		c.s, woke = e.attach(who.SessionID, who.BotID, tr)
 	} else {
 		e.untrackedConns.Add(1)
 		c.bot = e.intern(who.BotID)
+		c.trace = tr // for the session the frames will name
 	}
 	// No call for id can come before ConnOpened returns, so inserting last is safe.
 	cs := e.connShard(id)
@@ -84,8 +93,8 @@ func (e *Engine) ConnIdentified(id event.ConnID, who event.Identity) {
 		if bot == "" {
 			bot = c.bot
 		}
-		c.s, woke = e.attach(who.SessionID, bot)
-		c.bot = ""
+		c.s, woke = e.attach(who.SessionID, bot, c.trace)
+		c.bot, c.trace = "", nil
 		cs.m[id] = c
 		e.untrackedConns.Add(-1)
 	case c.s == nil:
@@ -179,16 +188,22 @@ func (e *Engine) ConnClosed(id event.ConnID, _ event.CloseReason) {
 // HTTPRequest implements event.Observer: a request of a session is a sign
 // of presence (and activity) in either mode; its body is matched against the
 // hand-over rules as a client message.
-func (e *Engine) HTTPRequest(who event.Identity, body []byte) {
+func (e *Engine) HTTPRequest(r event.Request) {
+	who := r.Who
 	if who.SessionID == "" {
 		e.untrackedReqs.Add(1)
 		return
 	}
-	start, end := e.handoffMatch(event.FromClient, body)
+	start, end := e.handoffMatch(event.FromClient, r.Body)
 	now := e.now()
 	sh := &e.shards[shardOf(who.SessionID)]
 	sh.mu.Lock()
 	s := e.getLocked(sh, who.SessionID, who.BotID, now)
+	if s.conns == 0 {
+		// A session with an open socket keeps its connection's trace: the
+		// socket is what its presence (and so its absence) is about.
+		s.setTrace(r.Trace)
+	}
 	c := change{s: s}
 	e.seenLocked(sh, s, e.settings(s.bot), now, &c)
 	if start || end {

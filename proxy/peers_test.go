@@ -145,6 +145,7 @@ type obsEvent struct {
 	Msg    event.Message // Prefix copied
 	Reason event.CloseReason
 	Body   []byte // HTTPRequest: copied; nil stays nil
+	Trace  string // ConnOpened, HTTPRequest: the traceparent sent upstream
 	At     time.Time
 }
 
@@ -192,8 +193,8 @@ func (r *recorder) add(e obsEvent) {
 	r.changed = make(chan struct{})
 }
 
-func (r *recorder) ConnOpened(id event.ConnID, who event.Identity) {
-	r.add(obsEvent{Kind: evOpened, ID: id, Who: who})
+func (r *recorder) ConnOpened(id event.ConnID, o event.Open) {
+	r.add(obsEvent{Kind: evOpened, ID: id, Who: o.Who, Trace: o.Trace})
 }
 func (r *recorder) ConnIdentified(id event.ConnID, who event.Identity) {
 	r.add(obsEvent{Kind: evIdentified, ID: id, Who: who})
@@ -205,8 +206,8 @@ func (r *recorder) Message(id event.ConnID, dir event.Direction, m event.Message
 func (r *recorder) ConnClosed(id event.ConnID, reason event.CloseReason) {
 	r.add(obsEvent{Kind: evClosed, ID: id, Reason: reason})
 }
-func (r *recorder) HTTPRequest(who event.Identity, body []byte) {
-	r.add(obsEvent{Kind: evHTTP, Who: who, Body: clone(body)})
+func (r *recorder) HTTPRequest(req event.Request) {
+	r.add(obsEvent{Kind: evHTTP, Who: req.Who, Body: clone(req.Body), Trace: req.Trace})
 }
 
 // snapshot returns the events so far.

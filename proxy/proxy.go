@@ -6,10 +6,7 @@ package proxy
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -20,8 +17,15 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"go.uber.org/zap"
 
+	"github.com/presence-sidecar/presence-sidecar/internal/tracectx"
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
 )
 
@@ -43,6 +47,11 @@ type Options struct {
 	InspectServer bool
 	Observer      event.Observer // nil: event.Nop
 	Log           *zap.Logger
+	// Tracer makes a server span per request and per upgrade (with the
+	// upstream dial as a child); its context is the traceparent sent
+	// upstream. nil: no spans, and the client's traceparent (or a new one)
+	// is passed on.
+	Tracer trace.TracerProvider
 }
 
 // Proxy is an http.Handler that forwards everything to one upstream.
@@ -50,6 +59,8 @@ type Proxy struct {
 	o       Options
 	log     *zap.Logger
 	obs     event.Observer
+	tracer  trace.Tracer
+	traced  bool // the observer wants each request's trace (it is not event.Nop)
 	rp      *httputil.ReverseProxy
 	dialer  net.Dialer
 	nextID  atomic.Uint64
@@ -93,7 +104,13 @@ func New(o Options) (*Proxy, error) {
 	if o.ProbeInterval > 0 && o.ProbeTimeout <= 0 {
 		return nil, errors.New("proxy: a probe interval needs a probe timeout")
 	}
+	if o.Tracer == nil {
+		o.Tracer = noop.NewTracerProvider()
+	}
 	p := &Proxy{o: o, log: o.Log, obs: o.Observer, conns: map[*wsConn]struct{}{}}
+	p.tracer = o.Tracer.Tracer("github.com/presence-sidecar/presence-sidecar/proxy")
+	_, nop := o.Observer.(event.Nop)
+	p.traced = !nop
 	p.dialer = net.Dialer{Timeout: o.DialTimeout, KeepAlive: o.KeepAlive}
 	target := httpURL(o.Upstream)
 	transport := &http.Transport{
@@ -110,6 +127,10 @@ func New(o Options) (*Proxy, error) {
 		Transport:    transport,
 		ErrorLog:     zap.NewStdLog(o.Log.Named("reverseproxy")),
 		ErrorHandler: p.badGateway,
+		ModifyResponse: func(resp *http.Response) error {
+			spanStatus(trace.SpanFromContext(resp.Request.Context()), resp.StatusCode)
+			return nil
+		},
 	}
 	return p, nil
 }
@@ -127,25 +148,75 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if isUpgrade(r) {
+		r, span := p.startSpan(r, "proxy.upgrade")
+		defer span.End()
 		// The WebSocket's slot is released when the relay ends.
-		if !p.serveUpgrade(w, r) {
+		if !p.serveUpgrade(w, r, span) {
 			p.active.Add(-1)
 		}
 		return
 	}
 	defer p.active.Add(-1)
 	p.stats.HTTPRequests.Add(1)
+	r, span := p.startSpan(r, "proxy.http")
+	defer span.End()
 	who := event.Identity{SessionID: p.o.SessionFrom.fromRequest(r), BotID: p.o.BotFrom.fromRequest(r)}
+	var tp string
+	if p.traced {
+		tp = tracectx.Format(trace.SpanContextFromContext(r.Context()))
+	}
 	if r.Body != nil && r.Body != http.NoBody && p.wantsBody() {
-		tap := &bodyTap{ReadCloser: r.Body, p: p, who: who, limit: p.o.InspectBytes}
+		tap := &bodyTap{ReadCloser: r.Body, p: p, who: who, trace: tp, limit: p.o.InspectBytes}
 		r.Body = tap
 		// The upstream may answer before the body ended, and ReverseProxy
 		// does not pass Close on: the request is reported at the latest here.
 		defer tap.finish()
 	} else {
-		p.httpSeen(who, nil)
+		p.httpSeen(who, nil, tp)
 	}
 	p.rp.ServeHTTP(w, r)
+}
+
+// startSpan starts the server span of a request, continuing the client's
+// trace when it sent a traceparent. The returned request carries the span:
+// rewrite sends its context upstream.
+func (p *Proxy) startSpan(r *http.Request, name string) (*http.Request, trace.Span) {
+	ctx := tracectx.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	ctx, span := tracectx.Start(ctx, p.tracer, name, trace.WithSpanKind(trace.SpanKindServer))
+	if span.IsRecording() {
+		attrs := []attribute.KeyValue{
+			semconv.HTTPRequestMethodKey.String(r.Method),
+			semconv.URLPath(r.URL.Path),
+			semconv.ServerAddress(r.Host),
+			semconv.UserAgentOriginal(r.UserAgent()),
+		}
+		if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+			attrs = append(attrs, semconv.ClientAddress(host))
+		}
+		if id := p.o.SessionFrom.fromRequest(r); id != "" {
+			attrs = append(attrs, semconv.SessionID(id))
+		}
+		if id := p.o.BotFrom.fromRequest(r); id != "" {
+			attrs = append(attrs, AttrBotID.String(id))
+		}
+		span.SetAttributes(attrs...)
+	}
+	return r.WithContext(ctx), span
+}
+
+// AttrBotID is the span attribute that carries a bot id (there is no
+// semantic convention for it; session ids use session.id).
+const AttrBotID = attribute.Key("bot.id")
+
+// spanStatus records the status code the client gets.
+func spanStatus(span trace.Span, code int) {
+	if !span.IsRecording() {
+		return
+	}
+	span.SetAttributes(semconv.HTTPResponseStatusCode(code))
+	if code >= 500 {
+		span.SetStatus(codes.Error, http.StatusText(code))
+	}
 }
 
 func (p *Proxy) wantsBody() bool {
@@ -154,7 +225,7 @@ func (p *Proxy) wantsBody() bool {
 }
 
 // httpSeen reports a plain request once its ids are known.
-func (p *Proxy) httpSeen(who event.Identity, body []byte) {
+func (p *Proxy) httpSeen(who event.Identity, body []byte, trace string) {
 	if body != nil {
 		if who.SessionID == "" {
 			who.SessionID = p.o.SessionFrom.fromJSON(fromBody, body)
@@ -166,7 +237,7 @@ func (p *Proxy) httpSeen(who event.Identity, body []byte) {
 	if who.SessionID == "" {
 		p.stats.Untracked.Add(1)
 	}
-	p.obs.HTTPRequest(who, body)
+	p.obs.HTTPRequest(event.Request{Who: who, Body: body, Trace: trace})
 }
 
 // bodyTap keeps a bounded prefix of a request body as it streams to the
@@ -177,6 +248,7 @@ type bodyTap struct {
 	io.ReadCloser
 	p     *Proxy
 	who   event.Identity
+	trace string
 	limit int
 	mu    sync.Mutex
 	buf   []byte
@@ -213,7 +285,7 @@ func (b *bodyTap) finish() {
 	if body == nil {
 		body = []byte{}
 	}
-	b.p.httpSeen(b.who, body)
+	b.p.httpSeen(b.who, body, b.trace)
 }
 
 func (p *Proxy) badGateway(w http.ResponseWriter, r *http.Request, err error) {
@@ -221,6 +293,11 @@ func (p *Proxy) badGateway(w http.ResponseWriter, r *http.Request, err error) {
 		return // the client went away; nobody to answer
 	}
 	p.stats.UpstreamErrors.Add(1)
+	if span := trace.SpanFromContext(r.Context()); span.IsRecording() {
+		span.RecordError(err)
+		span.SetAttributes(semconv.HTTPResponseStatusCode(http.StatusBadGateway))
+		span.SetStatus(codes.Error, "upstream unavailable")
+	}
 	p.log.Warn("upstream unavailable", zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))
 	http.Error(w, "presence-sidecar: upstream unavailable: "+shortReason(err), http.StatusBadGateway)
 }
@@ -287,18 +364,10 @@ func rewrite(pr *httputil.ProxyRequest, target *url.URL) {
 			pr.Out.Header.Set(h, v)
 		}
 	}
-	ensureTraceparent(pr.Out.Header)
-}
-
-// ensureTraceparent starts a W3C trace when the client sent none, so the
-// upstream's logs can be joined with ours.
-func ensureTraceparent(h http.Header) {
-	if h.Get("Traceparent") != "" {
-		return
-	}
-	var b [24]byte
-	_, _ = rand.Read(b[:])
-	h.Set("Traceparent", fmt.Sprintf("00-%s-%s-01", hex.EncodeToString(b[:16]), hex.EncodeToString(b[16:])))
+	// The request's span (startSpan) goes upstream: ours, a child of the
+	// client's; with no tracer recording, the client's own traceparent (or
+	// a new one when it sent none).
+	tracectx.Propagator.Inject(pr.Out.Context(), propagation.HeaderCarrier(pr.Out.Header))
 }
 
 func splitTokens(v string) []string {

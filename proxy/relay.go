@@ -93,14 +93,16 @@ func (c *wsConn) log() *zap.Logger {
 	return c.p.log.With(zap.Uint64("conn", uint64(c.id)), zap.String("session", c.who.SessionID))
 }
 
-// run relays until both directions ended, then reports the close.
-func (c *wsConn) run(fromClient, fromUpstream []byte) {
+// run relays until both directions ended, then reports the close. trace is
+// the upgrade's traceparent for the observer (an argument, not a field: an
+// idle connection should not keep it).
+func (c *wsConn) run(fromClient, fromUpstream []byte, trace string) {
 	p := c.p
 	p.stats.OpenWebSockets.Add(1)
 	p.connsMu.Lock()
 	p.conns[c] = struct{}{}
 	p.connsMu.Unlock()
-	p.obs.ConnOpened(c.id, c.who)
+	p.obs.ConnOpened(c.id, event.Open{Who: c.who, Trace: trace})
 	if c.tapped && p.o.ProbeInterval > 0 {
 		c.probeMu.Lock() // probeFire reads the timer under probeMu
 		c.probeTimer = time.AfterFunc(p.o.ProbeInterval, c.probeFire)

@@ -8,12 +8,18 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
+	"github.com/presence-sidecar/presence-sidecar/internal/tracectx"
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
 )
 
@@ -37,7 +43,9 @@ var handshakeReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(ni
 
 // serveUpgrade forwards an upgrade request. It reports whether the
 // connection was handed to a relay (which then owns the MaxConnections slot).
-func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request) bool {
+// span is the upgrade's server span (r carries it); it ends when the
+// handshake is over, not with the connection.
+func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request, span trace.Span) bool {
 	p.stats.Upgrades.Add(1)
 	target := httpURL(p.o.Upstream)
 	ctx, cancel := context.WithTimeout(r.Context(), p.o.DialTimeout)
@@ -89,6 +97,7 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request) bool {
 			h[k] = vs
 		}
 		removeHopByHop(h)
+		spanStatus(span, resp.StatusCode)
 		w.WriteHeader(resp.StatusCode)
 		_, _ = io.Copy(w, resp.Body)
 		return false
@@ -119,11 +128,41 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request) bool {
 
 	who := event.Identity{SessionID: p.o.SessionFrom.fromRequest(r), BotID: p.o.BotFrom.fromRequest(r)}
 	c := p.newWSConn(client, up, who, resp.Header["Sec-Websocket-Extensions"], isWebSocket(upgrade))
-	go c.run(fromClient, fromUpstream)
+	var tp string
+	if p.traced {
+		tp = tracectx.Format(trace.SpanContextFromContext(r.Context()))
+	}
+	if span.IsRecording() {
+		span.SetAttributes(semconv.HTTPResponseStatusCode(http.StatusSwitchingProtocols), AttrConnID.Int64(int64(c.id)))
+	}
+	go c.run(fromClient, fromUpstream, tp)
 	return true
 }
 
+// AttrConnID is the span attribute with the connection id the logs show as "conn".
+const AttrConnID = attribute.Key("presence_sidecar.conn.id")
+
+// dialUpstream connects to the upstream, in a child span of the upgrade.
 func (p *Proxy) dialUpstream(ctx context.Context, useTLS bool, host string) (net.Conn, error) {
+	ctx, span := p.tracer.Start(ctx, "proxy.dial", trace.WithSpanKind(trace.SpanKindClient))
+	defer span.End()
+	conn, err := p.dial(ctx, useTLS, host)
+	if span.IsRecording() {
+		if h, port, perr := net.SplitHostPort(host); perr == nil {
+			n, _ := strconv.Atoi(port)
+			span.SetAttributes(semconv.ServerAddress(h), semconv.ServerPort(n))
+		} else {
+			span.SetAttributes(semconv.ServerAddress(host))
+		}
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, shortReason(err))
+		}
+	}
+	return conn, err
+}
+
+func (p *Proxy) dial(ctx context.Context, useTLS bool, host string) (net.Conn, error) {
 	if _, _, err := net.SplitHostPort(host); err != nil {
 		if useTLS {
 			host = net.JoinHostPort(host, "443")

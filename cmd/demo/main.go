@@ -11,6 +11,12 @@
 // Every sidecar variable can be overridden from the environment (for example
 // PRESENCE_CHECK_INTERVAL=30s or PRESENCE_MODE=activity); the flags choose the
 // ports.
+//
+// -only service or -only console runs that one part alone, for a stack where
+// the sidecar runs as its own process or container (deploy/compose):
+//
+//	go run ./cmd/demo -only service -service :8082
+//	HANDOFF_SIGNING_SECRET=whsec_… go run ./cmd/demo -only console -console :8081
 package main
 
 import (
@@ -18,11 +24,17 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/presence-sidecar/presence-sidecar/internal/demo"
 	"github.com/presence-sidecar/presence-sidecar/presence"
@@ -42,6 +54,7 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 	admin := fs.String("admin", "127.0.0.1:9090", "the sidecar's admin listener (ADMIN_ADDR): the status page")
 	service := fs.String("service", "127.0.0.1:8082", "the demo conversation service (the sidecar's upstream)")
 	keepAlive := fs.Duration("keepalive", 5*time.Second, "how often the WebChat page sends keep_alive (the real client: 9m)")
+	only := fs.String("only", "", "run one part alone: service (the conversation service on -service) or console (the agent console on -console; it verifies with HANDOFF_SIGNING_SECRET and HANDOFF_TOKEN when set)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: go run ./cmd/demo [flags]\n\nStarts a demo conversation service, the sidecar in front of it and a demo agent console.\nSidecar variables (PRESENCE_CHECK_INTERVAL, PRESENCE_MODE, ...) may be set in the environment.\n\n")
 		fs.PrintDefaults()
@@ -51,6 +64,9 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 			return 0
 		}
 		return 2
+	}
+	if *only != "" {
+		return runOnly(ctx, *only, *service, *console, *keepAlive, environ, stdout, stderr)
 	}
 	// Demo defaults < the real environment < flags given on the command line.
 	env := append([]string(nil), environ...)
@@ -110,6 +126,66 @@ Try it:
 		return 1
 	}
 	return 0
+}
+
+// runOnly serves the demo conversation service or the agent console alone
+// until ctx ends.
+func runOnly(ctx context.Context, part, serviceAddr, consoleAddr string, keepAlive time.Duration, environ []string, stdout, stderr io.Writer) int {
+	log, err := zap.NewDevelopment(zap.ErrorOutput(zapcore.AddSync(stderr)))
+	if err != nil {
+		fmt.Fprintf(stderr, "demo: %v\n", err)
+		return 1
+	}
+	var h http.Handler
+	var addr string
+	switch part {
+	case "service":
+		addr, h = serviceAddr, demo.NewService(demo.ServiceOptions{KeepAlive: keepAlive, Log: log.Named("demo-service")}).Handler()
+	case "console":
+		c, err := demo.NewConsole(demo.ConsoleOptions{
+			SigningSecret: lookup(environ, "HANDOFF_SIGNING_SECRET"),
+			Token:         lookup(environ, "HANDOFF_TOKEN"),
+			Log:           log.Named("demo-console"),
+		})
+		if err != nil {
+			fmt.Fprintf(stderr, "demo: %v\n", err)
+			return 2
+		}
+		defer c.Close()
+		context.AfterFunc(ctx, c.Close) // ends the live streams so Shutdown can finish
+		addr, h = consoleAddr, c.Handler()
+	default:
+		fmt.Fprintf(stderr, "demo: -only %q: want service or console\n", part)
+		return 2
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Fprintf(stderr, "demo: %v\n", err)
+		return 1
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		_ = srv.Close()
+	}()
+	fmt.Fprintf(stdout, "demo %s listening on %s\n", part, ln.Addr())
+	if err := srv.Serve(ln); err != nil && err != http.ErrServerClosed {
+		fmt.Fprintf(stderr, "demo: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func lookup(environ []string, key string) string {
+	for i := len(environ) - 1; i >= 0; i-- {
+		if v, ok := strings.CutPrefix(environ[i], key+"="); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 func has(environ []string, key string) bool {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/presence-sidecar/presence-sidecar/internal/app"
 	"github.com/presence-sidecar/presence-sidecar/internal/config"
+	"github.com/presence-sidecar/presence-sidecar/internal/telemetry"
 )
 
 func main() {
@@ -72,8 +73,15 @@ func run(ctx context.Context, environ []string, stderr io.Writer) int {
 		return 2
 	}
 	defer log.Sync()
-	a, err := app.Build(cfg, log)
+	tel, err := telemetry.Setup(ctx, telemetry.Options{Log: log.Named("telemetry")})
 	if err != nil {
+		log.Error("cannot start", zap.Error(err))
+		fmt.Fprintf(stderr, "presence-sidecar: configuration error: %v\n", err)
+		return 2
+	}
+	a, err := app.Build(cfg, log, tel) // Serve shuts tel down, flushing it
+	if err != nil {
+		_ = tel.Shutdown(context.Background())
 		log.Error("cannot start", zap.Error(err))
 		fmt.Fprintf(stderr, "presence-sidecar: cannot start: %v\n", err)
 		return 1

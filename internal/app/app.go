@@ -23,6 +23,7 @@ import (
 	"github.com/presence-sidecar/presence-sidecar/internal/rules"
 	"github.com/presence-sidecar/presence-sidecar/internal/status"
 	"github.com/presence-sidecar/presence-sidecar/internal/store"
+	"github.com/presence-sidecar/presence-sidecar/internal/telemetry"
 	"github.com/presence-sidecar/presence-sidecar/presence"
 	"github.com/presence-sidecar/presence-sidecar/proxy"
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
@@ -50,6 +51,8 @@ func NewLogger(cfg config.Config, out io.Writer) (*zap.Logger, error) {
 type App struct {
 	cfg       config.Config
 	log       *zap.Logger
+	tel       *telemetry.Telemetry
+	metrics   *metrics
 	proxy     *proxy.Proxy
 	admin     *admin.Server
 	store     store.Store
@@ -57,9 +60,18 @@ type App struct {
 	deliverer *handoff.Deliverer
 }
 
-// Build wires everything; nothing listens yet.
-func Build(cfg config.Config, log *zap.Logger) (*App, error) {
-	a := &App{cfg: cfg, log: log}
+// Build wires everything; nothing listens yet. tel (nil: telemetry.Off())
+// is the App's from here on: Serve shuts it down last, which flushes the
+// exporters. When Build fails, tel is still the caller's.
+func Build(cfg config.Config, log *zap.Logger, tel *telemetry.Telemetry) (*App, error) {
+	if tel == nil {
+		tel = telemetry.Off()
+	}
+	a := &App{cfg: cfg, log: log, tel: tel}
+	var err error
+	if a.metrics, err = newMetrics(tel.Meter); err != nil {
+		return nil, err
+	}
 	upstream, _ := url.Parse(cfg.UpstreamURL) // validated by config
 	po := proxy.Options{
 		Upstream:       upstream,
@@ -70,6 +82,7 @@ func Build(cfg config.Config, log *zap.Logger) (*App, error) {
 		ProbeTimeout:   cfg.ProbeTimeout,
 		InspectBytes:   cfg.InspectBytes,
 		Log:            log.Named("proxy"),
+		Tracer:         tel.Tracer,
 	}
 	if cfg.PresenceEnabled {
 		if err := a.buildPresence(&po); err != nil {
@@ -78,15 +91,20 @@ func Build(cfg config.Config, log *zap.Logger) (*App, error) {
 	}
 	p, err := proxy.New(po)
 	if err != nil {
+		a.closeStore()
 		return nil, err
 	}
 	a.proxy = p
+	if err := a.metrics.observe(tel.Meter, p, a.engine, a.deliverer); err != nil {
+		a.closeStore()
+		return nil, err
+	}
 	a.admin = &admin.Server{
 		Token:     cfg.AdminToken,
 		Engine:    a.engine,
 		Deliverer: a.deliverer,
 		Store:     a.store,
-		Metrics:   a.metricsHandler(),
+		Metrics:   tel.MetricsHandler(),
 		Status:    status.Handler(cfg, a.engine, a.store),
 		Ready:     a.ready,
 	}
@@ -158,6 +176,8 @@ func (a *App) buildPresence(po *proxy.Options) error {
 		RetryFor:      cfg.HandoffRetryFor,
 		Store:         st,
 		Log:           a.log.Named("handoff"),
+		Observe:       a.metrics.delivery,
+		Tracer:        a.tel.Tracer,
 	})
 	if err != nil {
 		st.Close()
@@ -175,6 +195,7 @@ func (a *App) buildPresence(po *proxy.Options) error {
 		Ignore:           ignore,
 		ForgetAfter:      cfg.PresenceForgetAfter,
 		Wake:             a.deliverer.Wake,
+		Tracer:           a.tel.Tracer,
 	})
 	if err != nil {
 		st.Close()
@@ -202,12 +223,14 @@ func (a *App) Serve(ctx context.Context, started func(proxyAddr, adminAddr strin
 	ln, err := lc.Listen(ctx, "tcp", cfg.ListenAddr)
 	if err != nil {
 		a.closeStore()
+		a.shutdownTelemetry()
 		return fmt.Errorf("LISTEN_ADDR=%q: %w", cfg.ListenAddr, err)
 	}
 	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
 	if err != nil {
 		ln.Close()
 		a.closeStore()
+		a.shutdownTelemetry()
 		return fmt.Errorf("ADMIN_ADDR=%q: %w", cfg.AdminAddr, err)
 	}
 	proxySrv := &http.Server{
@@ -233,7 +256,8 @@ func (a *App) Serve(ctx context.Context, started func(proxyAddr, adminAddr strin
 	}
 	a.log.Info("presence-sidecar started",
 		zap.String("listen", ln.Addr().String()), zap.String("admin", adminLn.Addr().String()),
-		zap.String("upstream", cfg.UpstreamURL), zap.Bool("presence", cfg.PresenceEnabled))
+		zap.String("upstream", cfg.UpstreamURL), zap.Bool("presence", cfg.PresenceEnabled),
+		zap.String("version", telemetry.Version()), zap.String("telemetry", a.tel.String()))
 
 	var failure error
 	select {
@@ -259,6 +283,7 @@ func (a *App) Serve(ctx context.Context, started func(proxyAddr, adminAddr strin
 		failure = err
 	}
 	_ = adminSrv.Close()
+	a.shutdownTelemetry() // last: the spans and metrics of the drain go out too
 	a.log.Info("stopped")
 	return failure
 }
@@ -275,6 +300,18 @@ func nonNil(err error, what string) error {
 		return nil
 	}
 	return fmt.Errorf("%s: %w", what, err)
+}
+
+// telemetryFlush bounds the final export: a collector that is down must not
+// hold up the exit past the pod's grace period.
+const telemetryFlush = 5 * time.Second
+
+func (a *App) shutdownTelemetry() {
+	ctx, cancel := context.WithTimeout(context.Background(), telemetryFlush)
+	defer cancel()
+	if err := a.tel.Shutdown(ctx); err != nil {
+		a.log.Warn("telemetry: final flush failed", zap.Error(err))
+	}
 }
 
 func (a *App) closeStore() error {

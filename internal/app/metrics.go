@@ -1,64 +1,158 @@
 package app
 
 import (
-	"fmt"
-	"net/http"
-	"strings"
+	"context"
+	"errors"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/presence-sidecar/presence-sidecar/handoff"
+	"github.com/presence-sidecar/presence-sidecar/presence"
+	"github.com/presence-sidecar/presence-sidecar/proxy"
+	"github.com/presence-sidecar/presence-sidecar/proxy/event"
 )
 
-// metricsHandler serves the counters in the Prometheus text format.
-func (a *App) metricsHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var b strings.Builder
-		m := promWriter{&b}
-		s := a.proxy.Stats()
-		m.gauge("presence_sidecar_open_connections", "Open proxied WebSocket connections.", float64(s.OpenWebSockets.Load()))
-		m.counter("presence_sidecar_http_requests_total", "Plain HTTP requests proxied.", float64(s.HTTPRequests.Load()))
-		m.counter("presence_sidecar_upgrades_total", "WebSocket upgrade requests.", float64(s.Upgrades.Load()))
-		m.counter("presence_sidecar_rejected_total", "Requests refused over MAX_CONNECTIONS.", float64(s.Rejected.Load()))
-		m.counter("presence_sidecar_upstream_errors_total", "Requests answered 502 because the upstream was unreachable.", float64(s.UpstreamErrors.Load()))
-		m.counter("presence_sidecar_probe_timeouts_total", "Connections closed because the client stopped answering the liveness probe.", float64(s.ProbeTimeouts.Load()))
-		m.counter("presence_sidecar_untracked_total", "Connections and requests without a session id.", float64(s.Untracked.Load()))
-		m.header("presence_sidecar_frames_total", "counter", "WebSocket frames relayed, by direction.")
-		m.sample("presence_sidecar_frames_total", `direction="client"`, float64(s.Frames[0].Load()))
-		m.sample("presence_sidecar_frames_total", `direction="server"`, float64(s.Frames[1].Load()))
-		m.header("presence_sidecar_bytes_total", "counter", "WebSocket bytes relayed, by direction.")
-		m.sample("presence_sidecar_bytes_total", `direction="client"`, float64(s.Bytes[0].Load()))
-		m.sample("presence_sidecar_bytes_total", `direction="server"`, float64(s.Bytes[1].Load()))
-		a.presenceMetrics(m)
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		_, _ = w.Write([]byte(b.String()))
-	})
+// Metric names. OTLP gets them as they are; /metrics turns the dots into
+// underscores and adds _total to counters and _seconds to the histogram
+// (presence_sidecar_frames_total, presence_sidecar_delivery_latency_seconds).
+const (
+	mOpenConnections     = "presence_sidecar.open_connections"
+	mHTTPRequests        = "presence_sidecar.http_requests"
+	mUpgrades            = "presence_sidecar.upgrades"
+	mRejected            = "presence_sidecar.rejected"
+	mUpstreamErrors      = "presence_sidecar.upstream_errors"
+	mProbeTimeouts       = "presence_sidecar.probe_timeouts"
+	mUntracked           = "presence_sidecar.untracked"
+	mFrames              = "presence_sidecar.frames"
+	mBytes               = "presence_sidecar.bytes"
+	mSessions            = "presence_sidecar.sessions"
+	mHandedOver          = "presence_sidecar.sessions_handed_over"
+	mUntrackedConns      = "presence_sidecar.untracked_connections"
+	mTransitions         = "presence_sidecar.transitions"
+	mNotificationsQueued = "presence_sidecar.notifications_queued"
+	mStoreErrors         = "presence_sidecar.store_errors"
+	mOutboxDepth         = "presence_sidecar.outbox_depth"
+	mNotifications       = "presence_sidecar.notifications"
+	mDeliveryLatency     = "presence_sidecar.delivery_latency"
+)
+
+// latencyBuckets suit a webhook: a fast platform answers in milliseconds,
+// HANDOFF_TIMEOUT (10 s by default) ends the slowest.
+var latencyBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
+
+// metrics are the sidecar's OpenTelemetry instruments. What the proxy and
+// the engine already count in atomics is read by observable instruments
+// when a reader collects (a scrape of /metrics, an OTLP export), so nothing
+// is added to the data path; only delivery outcomes, one per webhook
+// attempt, are recorded as they happen.
+type metrics struct {
+	notifications metric.Int64Counter
+	latency       metric.Float64Histogram
 }
 
-type promWriter struct{ b *strings.Builder }
-
-func (m promWriter) header(name, kind, help string) {
-	fmt.Fprintf(m.b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, kind)
+func newMetrics(m metric.MeterProvider) (*metrics, error) {
+	meter := m.Meter("github.com/presence-sidecar/presence-sidecar")
+	var x metrics
+	var err, e error
+	x.notifications, e = meter.Int64Counter(mNotifications, metric.WithUnit("{notification}"),
+		metric.WithDescription("Delivery attempts of notifications, by kind (client.offline, client.online) and outcome (delivered, retry, dead)."))
+	err = errors.Join(err, e)
+	x.latency, e = meter.Float64Histogram(mDeliveryLatency, metric.WithUnit("s"),
+		metric.WithDescription("Time of a webhook's HTTP exchange with the human-service platform, by kind and outcome."),
+		metric.WithExplicitBucketBoundaries(latencyBuckets...))
+	err = errors.Join(err, e)
+	return &x, err
 }
 
-func (m promWriter) sample(name, labels string, v float64) {
-	if labels != "" {
-		fmt.Fprintf(m.b, "%s{%s} %g\n", name, labels, v)
-	} else {
-		fmt.Fprintf(m.b, "%s %g\n", name, v)
+// delivery is handoff.Options.Observe.
+func (x *metrics) delivery(o handoff.Outcome) {
+	attrs := metric.WithAttributeSet(attribute.NewSet(attribute.String("kind", string(o.Kind)), attribute.String("outcome", string(o.Result))))
+	ctx := context.Background()
+	x.notifications.Add(ctx, 1, attrs)
+	if o.Status != 0 || o.Latency > 0 { // an HTTP exchange took place
+		x.latency.Record(ctx, o.Latency.Seconds(), attrs)
 	}
 }
 
-func (m promWriter) counter(name, help string, v float64) {
-	m.header(name, "counter", help)
-	m.sample(name, "", v)
+var (
+	dirClient = metric.WithAttributeSet(attribute.NewSet(attribute.String("direction", event.FromClient.String())))
+	dirServer = metric.WithAttributeSet(attribute.NewSet(attribute.String("direction", event.FromUpstream.String())))
+)
+
+func attrs(k, v string) metric.MeasurementOption {
+	return metric.WithAttributeSet(attribute.NewSet(attribute.String(k, v)))
 }
 
-func (m promWriter) gauge(name, help string, v float64) {
-	m.header(name, "gauge", help)
-	m.sample(name, "", v)
-}
-
-// presenceMetrics adds the presence engine's and the deliverer's figures.
-func (a *App) presenceMetrics(m promWriter) {
-	if a.engine == nil {
-		return
+// observe registers the observable instruments over the proxy and, when
+// presence is on, the engine and the deliverer.
+func (x *metrics) observe(m metric.MeterProvider, p *proxy.Proxy, e *presence.Engine, d *handoff.Deliverer) error {
+	meter := m.Meter("github.com/presence-sidecar/presence-sidecar")
+	var errs []error
+	gauge := func(name, unit, desc string) metric.Int64ObservableGauge {
+		g, err := meter.Int64ObservableGauge(name, metric.WithUnit(unit), metric.WithDescription(desc))
+		errs = append(errs, err)
+		return g
 	}
-	m.gauge("presence_sidecar_outbox_depth", "Notifications waiting for delivery.", float64(a.deliverer.Depth()))
+	counter := func(name, unit, desc string) metric.Int64ObservableCounter {
+		c, err := meter.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
+		errs = append(errs, err)
+		return c
+	}
+
+	open := gauge(mOpenConnections, "{connection}", "Open proxied WebSocket connections.")
+	httpReqs := counter(mHTTPRequests, "{request}", "Plain HTTP requests proxied.")
+	upgrades := counter(mUpgrades, "{request}", "WebSocket upgrade requests.")
+	rejected := counter(mRejected, "{request}", "Requests refused (503) over MAX_CONNECTIONS.")
+	upErrs := counter(mUpstreamErrors, "{request}", "Requests answered 502 because the upstream was unreachable.")
+	probes := counter(mProbeTimeouts, "{connection}", "Connections closed because the client stopped answering the liveness probe.")
+	untracked := counter(mUntracked, "{request}", "Connections (counted when they end) and plain requests without a session id.")
+	frames := counter(mFrames, "{frame}", "WebSocket frames relayed, by direction (client, server).")
+	bytes := counter(mBytes, "By", "WebSocket bytes relayed, by direction (client, server).")
+	_, err := meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		s := p.Stats()
+		o.ObserveInt64(open, s.OpenWebSockets.Load())
+		o.ObserveInt64(httpReqs, s.HTTPRequests.Load())
+		o.ObserveInt64(upgrades, s.Upgrades.Load())
+		o.ObserveInt64(rejected, s.Rejected.Load())
+		o.ObserveInt64(upErrs, s.UpstreamErrors.Load())
+		o.ObserveInt64(probes, s.ProbeTimeouts.Load())
+		o.ObserveInt64(untracked, s.Untracked.Load())
+		o.ObserveInt64(frames, s.Frames[event.FromClient].Load(), dirClient)
+		o.ObserveInt64(frames, s.Frames[event.FromUpstream].Load(), dirServer)
+		o.ObserveInt64(bytes, s.Bytes[event.FromClient].Load(), dirClient)
+		o.ObserveInt64(bytes, s.Bytes[event.FromUpstream].Load(), dirServer)
+		return nil
+	}, open, httpReqs, upgrades, rejected, upErrs, probes, untracked, frames, bytes)
+	errs = append(errs, err)
+	if e == nil {
+		return errors.Join(errs...)
+	}
+
+	sessions := gauge(mSessions, "{session}", "Tracked sessions by presence state (present, absent).")
+	handed := gauge(mHandedOver, "{session}", "Tracked sessions handed over to a human.")
+	untrackedConns := gauge(mUntrackedConns, "{connection}", "Open connections whose session id is not known (yet).")
+	transitions := counter(mTransitions, "{transition}", "Presence transitions by kind (absent, returned, handoff_started, handoff_ended).")
+	queued := counter(mNotificationsQueued, "{notification}", "Notifications written to the outbox, by kind.")
+	storeErrs := counter(mStoreErrors, "{error}", "Failed writes of presence decisions to the store (retried).")
+	depth := gauge(mOutboxDepth, "{notification}", "Notifications waiting for delivery.")
+	// One callback: Stats walks every session once per collection.
+	_, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		s := e.Stats()
+		o.ObserveInt64(sessions, int64(s.Present), attrs("state", "present"))
+		o.ObserveInt64(sessions, int64(s.Absent), attrs("state", "absent"))
+		o.ObserveInt64(handed, int64(s.HandedOver))
+		o.ObserveInt64(untrackedConns, s.UntrackedConnections)
+		o.ObserveInt64(transitions, int64(s.Transitions.Absent), attrs("kind", "absent"))
+		o.ObserveInt64(transitions, int64(s.Transitions.Present), attrs("kind", "returned"))
+		o.ObserveInt64(transitions, int64(s.Transitions.HandoffOn), attrs("kind", "handoff_started"))
+		o.ObserveInt64(transitions, int64(s.Transitions.HandoffOff), attrs("kind", "handoff_ended"))
+		o.ObserveInt64(queued, int64(s.OfflineCommitted), attrs("kind", "client.offline"))
+		o.ObserveInt64(queued, int64(s.OnlineCommitted), attrs("kind", "client.online"))
+		o.ObserveInt64(storeErrs, int64(s.CommitErrors))
+		o.ObserveInt64(depth, int64(d.Depth()))
+		return nil
+	}, sessions, handed, untrackedConns, transitions, queued, storeErrs, depth)
+	errs = append(errs, err)
+	return errors.Join(errs...)
 }

@@ -134,7 +134,7 @@ func Start(ctx context.Context, o StackOptions) (*Stack, error) {
 	if s.Console, err = NewConsole(ConsoleOptions{SigningSecret: cfg.HandoffSigningSecret, Token: cfg.HandoffToken, Log: log.Named("demo-console")}); err != nil {
 		return fail(err)
 	}
-	a, err := app.Build(cfg, log)
+	a, err := app.Build(cfg, log, nil)
 	if err != nil {
 		return fail(fmt.Errorf("sidecar: %w", err))
 	}

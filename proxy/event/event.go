@@ -46,13 +46,32 @@ type Message struct {
 	Truncated bool   // the payload was longer than Prefix
 }
 
+// Open describes a WebSocket upgrade that succeeded.
+type Open struct {
+	// Who may be empty when the ids are still to come from frames.
+	Who Identity
+	// Trace is the W3C traceparent the handshake went upstream with (the
+	// upgrade's span), so that what an observer decides later belongs to
+	// the connection's trace. "" when unknown.
+	Trace string
+}
+
+// Request describes a plain HTTP request of a session.
+type Request struct {
+	Who Identity
+	// Body is the inspected prefix of the request body (may be nil), valid
+	// only during the call.
+	Body []byte
+	// Trace is the W3C traceparent the request went upstream with; "" when unknown.
+	Trace string
+}
+
 // Observer receives what the proxy sees. The proxy calls it from its relay
 // goroutines, so implementations must be safe for concurrent use and must
 // return quickly: every call sits on the data path.
 type Observer interface {
-	// ConnOpened: a WebSocket upgrade succeeded. who may be empty when the
-	// ids are still to come from frames.
-	ConnOpened(id ConnID, who Identity)
+	// ConnOpened: a WebSocket upgrade succeeded.
+	ConnOpened(id ConnID, o Open)
 	// ConnIdentified: ids found after the open (frame: sources). Only the
 	// newly found fields are set.
 	ConnIdentified(id ConnID, who Identity)
@@ -60,16 +79,15 @@ type Observer interface {
 	Message(id ConnID, dir Direction, m Message)
 	// ConnClosed: the connection is gone; no more calls for id follow.
 	ConnClosed(id ConnID, reason CloseReason)
-	// HTTPRequest: a plain HTTP request of a session passed; body is the
-	// inspected prefix of its body (may be nil), valid only during the call.
-	HTTPRequest(who Identity, body []byte)
+	// HTTPRequest: a plain HTTP request passed (with or without a session id).
+	HTTPRequest(r Request)
 }
 
 // Nop ignores everything: the proxy without presence.
 type Nop struct{}
 
-func (Nop) ConnOpened(ConnID, Identity)        {}
+func (Nop) ConnOpened(ConnID, Open)            {}
 func (Nop) ConnIdentified(ConnID, Identity)    {}
 func (Nop) Message(ConnID, Direction, Message) {}
 func (Nop) ConnClosed(ConnID, CloseReason)     {}
-func (Nop) HTTPRequest(Identity, []byte)       {}
+func (Nop) HTTPRequest(Request)                {}
