@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -163,20 +164,16 @@ func (c *wsConn) pump(src, dst net.Conn, pending []byte, relay func(buf []byte, 
 			return
 		}
 	}
-	wait := readinessWaiter(src)
+	r := newSocketReader(src)
 	for {
-		if err := wait(); err != nil {
-			c.end(src, dst, srcGone, err)
-			return
-		}
-		bp := relayBufs.Get().(*[]byte)
-		buf := *bp
-		n, err := src.Read(buf[headroom:])
+		bp, n, err := r.read()
 		var werr error
 		if n > 0 {
-			werr = relay(buf, n)
+			werr = relay(*bp, n)
 		}
-		relayBufs.Put(bp)
+		if bp != nil {
+			relayBufs.Put(bp)
+		}
 		if werr != nil {
 			c.kill(dstGone)
 			return
@@ -216,25 +213,77 @@ func (c *wsConn) kill(reason event.CloseReason) {
 	}
 }
 
-// readinessWaiter returns a function that blocks until conn is readable
-// without holding a buffer (DESIGN: idle sockets hold no read buffer). For
-// connections without a raw descriptor (TLS) it returns at once and the
-// read blocks with its buffer.
-func readinessWaiter(conn net.Conn) func() error {
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return func() error { return nil }
+// socketReader reads a socket into pooled buffers, borrowing one only when
+// the socket has data: an idle connection holds no read buffer (DESIGN,
+// memory per connection). It reads the descriptor itself through RawConn,
+// so a chunk costs one read(2): the buffer goes back to the pool on EAGAIN,
+// and Go's poller waits for readability. Sockets without a descriptor (TLS)
+// fall back to a plain Read, which holds its buffer while it waits.
+type socketReader struct {
+	conn net.Conn
+	rc   syscall.RawConn // nil: plain Read
+	bp   *[]byte
+	n    int
+	err  error
+	fill func(fd uintptr) bool // the RawConn callback, made once
+}
+
+func newSocketReader(conn net.Conn) *socketReader {
+	r := &socketReader{conn: conn}
+	if sc, ok := conn.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			r.rc = rc
+			r.fill = r.readFD
+		}
 	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return func() error { return nil }
+	return r
+}
+
+// read returns a borrowed buffer whose bytes [headroom, headroom+n) were
+// read, or an error (io.EOF at the end). The caller puts the buffer back.
+func (r *socketReader) read() (*[]byte, int, error) {
+	if r.rc == nil {
+		bp := relayBufs.Get().(*[]byte)
+		n, err := r.conn.Read((*bp)[headroom:])
+		return bp, n, err
 	}
-	var peek [1]byte
-	ready := func(fd uintptr) bool {
-		_, _, err := syscall.Recvfrom(int(fd), peek[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		return err != syscall.EAGAIN // data, EOF or an error: the Read reports it
+	r.n, r.err = 0, nil
+	if err := r.rc.Read(r.fill); err != nil {
+		return r.take(), 0, err // a deadline or a closed socket
 	}
-	return func() error { return rc.Read(ready) }
+	return r.take(), r.n, r.err
+}
+
+func (r *socketReader) take() *[]byte {
+	bp := r.bp
+	r.bp = nil
+	return bp
+}
+
+// readFD is the RawConn callback: true when the read is done, false to wait
+// for readability.
+func (r *socketReader) readFD(fd uintptr) bool {
+	if r.bp == nil {
+		r.bp = relayBufs.Get().(*[]byte)
+	}
+	for {
+		n, err := syscall.Read(int(fd), (*r.bp)[headroom:])
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			relayBufs.Put(r.bp) // nothing to read: do not hold a buffer while waiting
+			r.bp = nil
+			return false
+		case err != nil:
+			r.err = os.NewSyscallError("read", err)
+		case n == 0:
+			r.err = io.EOF
+		default:
+			r.n = n
+		}
+		return true
+	}
 }
 
 // relayFromUpstream writes an upstream chunk to the client, slipping a
