@@ -58,9 +58,8 @@ type Config struct {
 	HandoffRetryFor      time.Duration `env:"HANDOFF_RETRY_FOR" envDefault:"24h" desc:"how long a notification is retried before it is dead-lettered"`
 
 	// State
-	DataDir       string        `env:"DATA_DIR" envDefault:"./data" desc:"embedded state and outbox"`
-	RedisURL      string        `env:"REDIS_URL" desc:"cluster mode: state and outbox in Redis"`
-	RedisLeaseTTL time.Duration `env:"REDIS_LEASE_TTL" envDefault:"15s" desc:"connection leases of a dead replica lapse after this"`
+	DataDir  string `env:"DATA_DIR" envDefault:"./data" desc:"embedded state and outbox"`
+	RedisURL string `env:"REDIS_URL" desc:"cluster mode (state in Redis, several replicas): not in this version; setting it stops start-up"`
 
 	// Admin and lifecycle
 	AdminAddr     string        `env:"ADMIN_ADDR" envDefault:"127.0.0.1:9090" desc:"admin listener: /healthz /readyz /metrics /v1/ and the status page"`
@@ -163,7 +162,6 @@ func (c Config) validate() error {
 		{"HANDOFF_TIMEOUT", c.HandoffTimeout, false},
 		{"HANDOFF_RETRY_MAX_DELAY", c.HandoffRetryMaxDelay, false},
 		{"HANDOFF_RETRY_FOR", c.HandoffRetryFor, false},
-		{"REDIS_LEASE_TTL", c.RedisLeaseTTL, false},
 		{"SHUTDOWN_GRACE", c.ShutdownGrace, true},
 	} {
 		if d.v < 0 || (d.v == 0 && !d.zero) {
@@ -201,6 +199,11 @@ func (c Config) validate() error {
 	if _, err := c.HandoffDetection(); err != nil {
 		errs = append(errs, err)
 	}
+	if c.RedisURL != "" {
+		// Refuse rather than run one replica's state while the operator
+		// expects several replicas to share it.
+		errs = append(errs, bad("REDIS_URL", redactURL(c.RedisURL), "cluster mode is not in this version: unset REDIS_URL to run one replica with its state under DATA_DIR"))
+	}
 	if c.PresenceEnabled && c.HandoffURL == "" {
 		errs = append(errs, bad("HANDOFF_URL", "", "required when PRESENCE_ENABLED=true: the human-service platform's base URL"))
 	}
@@ -237,6 +240,14 @@ func (c Config) HandoffDetection() (Detection, error) {
 		}
 	}
 	return d, nil
+}
+
+// redactURL hides a password in a URL quoted in an error.
+func redactURL(raw string) string {
+	if u, err := url.Parse(raw); err == nil {
+		return u.Redacted()
+	}
+	return "(unparsable URL)"
 }
 
 func oneOf(v string, allowed ...string) bool {

@@ -41,6 +41,7 @@ func TestBadValuesNameVariableValueAndRange(t *testing.T) {
 		{append(base, "LOG_FORMAT=xml"), []string{"LOG_FORMAT", `"xml"`, "json or console"}},
 		{append(base, "HANDOFF_EXPIRE_PATH=expire"), []string{"HANDOFF_EXPIRE_PATH", "starting with /"}},
 		{append(base, "PROBE_TIMEOUT=0s"), []string{"PROBE_TIMEOUT", "positive"}},
+		{append(base, "REDIS_URL=redis://:pw@redis:6379/0"), []string{"REDIS_URL", "redis://:xxxxx@redis:6379/0", "not in this version"}},
 	}
 	for _, c := range cases {
 		_, err := Load(c.env)

@@ -53,7 +53,7 @@ func openFile(dir string, log *zap.Logger, opts boltOptions) (*bbolt.DB, string,
 	switch {
 	case errors.Is(err, berrors.ErrTimeout):
 		return nil, "", fmt.Errorf("store: %s is locked by another process (waited %s): another presence-sidecar may be running on the same DATA_DIR (%s); "+
-			"stop it, or give each sidecar its own DATA_DIR (REDIS_URL for several replicas)", path, opts.lockTimeout, dir)
+			"stop it, or give each sidecar its own DATA_DIR", path, opts.lockTimeout, dir)
 	case errors.Is(err, fs.ErrPermission):
 		return nil, "", fmt.Errorf("store: cannot open %s for reading and writing: %w; check the owner and permissions of the file and of %s", path, err, dir)
 	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum), errors.Is(err, berrors.ErrVersionMismatch),

@@ -103,7 +103,7 @@ type BotSettings struct {
 // ErrNotFound is returned for an unknown id.
 var ErrNotFound = errors.New("not found")
 
-// Store is implemented by the embedded (bbolt) store, the Redis store and an
+// Store is implemented by the embedded (bbolt) store and an
 // in-memory store for tests. All methods are safe for concurrent use.
 type Store interface {
 	// Sessions returns every persisted session (read at start-up).

@@ -1,6 +1,7 @@
 // Package storetest is the conformance suite every store.Store must pass:
-// the in-memory, embedded (bbolt) and Redis stores run the same table, so
-// the presence engine and the deliverer can rely on one behaviour.
+// the in-memory and embedded (bbolt) stores, and any shared store to come,
+// run the same table, so the presence engine and the deliverer can rely on
+// one behaviour.
 package storetest
 
 import (
