@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/presence-sidecar/presence-sidecar/internal/testutil"
 )
 
 var binary string
@@ -63,26 +65,9 @@ type sidecar struct {
 	addr  string // proxy
 	admin string
 	env   []string
-	logs  *syncBuffer
+	logs  *testutil.Buffer
 	done  chan struct{}
 	err   error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 const adminToken = "e2e-admin-token"
@@ -109,7 +94,7 @@ func baseEnv(upstream, platform, dataDir string) map[string]string {
 // here unless given) and waits until /healthz answers.
 func start(t testing.TB, env map[string]string) *sidecar {
 	t.Helper()
-	s := &sidecar{t: t, logs: &syncBuffer{}, done: make(chan struct{})}
+	s := &sidecar{t: t, logs: &testutil.Buffer{}, done: make(chan struct{})}
 	if env["LISTEN_ADDR"] == "" {
 		env["LISTEN_ADDR"] = freeAddr(t)
 	}

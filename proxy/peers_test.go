@@ -28,6 +28,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/presence-sidecar/presence-sidecar/internal/testutil"
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
 )
 
@@ -461,24 +462,7 @@ var pythonCheck = sync.OnceValue(func() error {
 type pyPeer struct {
 	stdin  io.WriteCloser
 	events chan map[string]any
-	stderr *lockedBuffer
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	stderr *testutil.Buffer
 }
 
 // startPython runs testdata/wspeer.py with args. The test fails when the
@@ -489,7 +473,7 @@ func startPython(t *testing.T, args ...string) *pyPeer {
 		t.Fatalf("the Python WebSocket peer needs Debian's python3-websockets (apt-get install python3-websockets): %v", err)
 	}
 	cmd := exec.Command(python, append([]string{"testdata/wspeer.py"}, args...)...)
-	py := &pyPeer{events: make(chan map[string]any, 64), stderr: &lockedBuffer{}}
+	py := &pyPeer{events: make(chan map[string]any, 64), stderr: &testutil.Buffer{}}
 	cmd.Stderr = py.stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {

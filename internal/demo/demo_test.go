@@ -12,13 +12,13 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
 
 	"github.com/presence-sidecar/presence-sidecar/handoff"
+	"github.com/presence-sidecar/presence-sidecar/internal/testutil"
 )
 
 type frame struct {
@@ -259,7 +259,7 @@ func TestConsoleRejectsBadSecret(t *testing.T) {
 // through the sidecar asks for a human, goes away and comes back.
 func TestStackHandOverExpireReturn(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	logs := &syncBuffer{}
+	logs := &testutil.Buffer{}
 	s, err := Start(ctx, StackOptions{
 		Env:       []string{"PRESENCE_CHECK_INTERVAL=500ms", "PROBE_INTERVAL=0", "SHUTDOWN_GRACE=1s", "LOG_LEVEL=warn"},
 		DataDir:   t.TempDir(),
@@ -302,21 +302,4 @@ func TestStackHandOverExpireReturn(t *testing.T) {
 	if on.Text != "O cliente voltou a ficar online." || on.Path != "/message" {
 		t.Errorf("online: %+v", on)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -13,7 +13,6 @@
 package browsertest
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -34,6 +33,7 @@ import (
 
 	"github.com/presence-sidecar/presence-sidecar/internal/demo"
 	"github.com/presence-sidecar/presence-sidecar/internal/store"
+	"github.com/presence-sidecar/presence-sidecar/internal/testutil"
 	"github.com/presence-sidecar/presence-sidecar/presence"
 )
 
@@ -248,30 +248,13 @@ func (tb *tab) resume() {
 
 // ---------------------------------------------------------------- stack
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // startStack starts the demo service, the console and the sidecar on free
 // ports with a short interval and probe; env is laid over that.
 func startStack(t *testing.T, env ...string) *demo.Stack {
 	t.Helper()
 	startBrowser(t) // fail first, and plainly, when there is no browser
 	ctx, cancel := context.WithCancel(context.Background())
-	logs := &syncBuffer{}
+	logs := &testutil.Buffer{}
 	base := []string{
 		"PRESENCE_CHECK_INTERVAL=" + interval.String(),
 		"PROBE_INTERVAL=1s",
