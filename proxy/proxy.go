@@ -56,19 +56,20 @@ type Options struct {
 
 // Proxy is an http.Handler that forwards everything to one upstream.
 type Proxy struct {
-	o       Options
-	log     *zap.Logger
-	obs     event.Observer
-	tracer  trace.Tracer
-	traced  bool // the observer wants each request's trace (it is not event.Nop)
-	rp      *httputil.ReverseProxy
-	dialer  net.Dialer
-	nextID  atomic.Uint64
-	active  atomic.Int64 // requests in flight + open WebSockets, for MaxConnections
-	stats   Stats
-	connsMu sync.Mutex
-	conns   map[*wsConn]struct{}
-	closing atomic.Bool
+	o         Options
+	log       *zap.Logger
+	obs       event.Observer
+	tracer    trace.Tracer
+	traced    bool // the observer wants each request's trace (it is not event.Nop)
+	rp        *httputil.ReverseProxy
+	dialer    net.Dialer
+	nextID    atomic.Uint64
+	active    atomic.Int64 // requests in flight + open WebSockets, for MaxConnections
+	stats     Stats
+	upgrading atomic.Int64 // handshakes in progress
+	connsMu   sync.Mutex
+	conns     map[*wsConn]struct{}
+	closing   atomic.Bool
 }
 
 // Stats are the proxy's counters, read with atomic loads.
@@ -386,7 +387,8 @@ func (p *Proxy) Shutdown(ctx context.Context) {
 	p.closing.Store(true)
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
-	for p.stats.OpenWebSockets.Load() > 0 {
+	busy := func() bool { return p.stats.OpenWebSockets.Load() > 0 || p.upgrading.Load() > 0 }
+	for busy() {
 		select {
 		case <-tick.C:
 			continue
@@ -399,7 +401,9 @@ func (p *Proxy) Shutdown(ctx context.Context) {
 		go c.goAway() // may block on a peer that does not read, until its kill
 	}
 	p.connsMu.Unlock()
-	for deadline := time.Now().Add(3 * time.Second); p.stats.OpenWebSockets.Load() > 0 && time.Now().Before(deadline); {
+	// Handshakes still in progress send themselves away when they finish
+	// (track); goAway closes everything within a second.
+	for deadline := time.Now().Add(3 * time.Second); busy() && time.Now().Before(deadline); {
 		<-tick.C
 	}
 }

@@ -60,12 +60,17 @@ type wsConn struct {
 
 	probeMu     sync.Mutex
 	probeTimer  *time.Timer
-	outstanding bool
+	probeDue    time.Time // when the timer's current phase ends; an earlier fire is stale
+	outstanding bool      // a probe is due: its Ping waits or was sent
+	pingSent    bool      // the outstanding probe's Ping went out
+	progress    int64     // toClient when the Ping became due
 	probe       [probeLen]byte
+	toClient    atomic.Int64 // bytes written to the client
 
 	closeSeen atomic.Bool // a Close frame passed: no more Pings
 	noProbe   atomic.Bool // a tap stopped on a protocol error: the probe cannot work
 	shutdown  atomic.Bool // goAway closed it (it was not closing already)
+	goingAway atomic.Bool
 	killed    atomic.Pointer[event.CloseReason]
 	firstEnd  atomic.Pointer[event.CloseReason]
 }
@@ -94,18 +99,28 @@ func (c *wsConn) log() *zap.Logger {
 	return c.p.log.With(zap.Uint64("conn", uint64(c.id)), zap.String("session", c.who.SessionID))
 }
 
+// track registers c as open before its relay starts, so Shutdown cannot
+// miss it; a connection whose handshake finished during a shutdown is sent
+// away at once.
+func (p *Proxy) track(c *wsConn) {
+	p.stats.OpenWebSockets.Add(1)
+	p.connsMu.Lock()
+	p.conns[c] = struct{}{}
+	p.connsMu.Unlock()
+	if p.closing.Load() {
+		go c.goAway()
+	}
+}
+
 // run relays until both directions ended, then reports the close. trace is
 // the upgrade's traceparent for the observer (an argument, not a field: an
 // idle connection should not keep it).
 func (c *wsConn) run(fromClient, fromUpstream []byte, trace string) {
 	p := c.p
-	p.stats.OpenWebSockets.Add(1)
-	p.connsMu.Lock()
-	p.conns[c] = struct{}{}
-	p.connsMu.Unlock()
 	p.obs.ConnOpened(c.id, event.Open{Who: c.who, Trace: trace})
 	if c.tapped && p.o.ProbeInterval > 0 {
 		c.probeMu.Lock() // probeFire reads the timer under probeMu
+		c.probeDue = time.Now().Add(p.o.ProbeInterval)
 		c.probeTimer = time.AfterFunc(p.o.ProbeInterval, c.probeFire)
 		c.probeMu.Unlock()
 	}
@@ -187,7 +202,11 @@ func (c *wsConn) pump(src, dst net.Conn, pending []byte, relay func(buf []byte, 
 
 // end handles one direction finishing.
 func (c *wsConn) end(src, dst net.Conn, gone event.CloseReason, err error) {
-	c.firstEnd.CompareAndSwap(nil, &gone)
+	if !c.firstEnd.CompareAndSwap(nil, &gone) {
+		// The other side ended first; this one failing afterwards (the
+		// linger deadline, a reset) does not change who left.
+		gone = *c.firstEnd.Load()
+	}
 	if src == c.client {
 		c.fromClient.flushHeld()
 	}
@@ -303,6 +322,7 @@ func (c *wsConn) relayFromUpstream(buf []byte, n int) error {
 		if _, err := c.client.Write(chunk[:s.firstBoundary]); err != nil {
 			return err
 		}
+		c.toClient.Add(int64(s.firstBoundary))
 		if err := c.writePingLocked(); err != nil {
 			return err
 		}
@@ -311,6 +331,7 @@ func (c *wsConn) relayFromUpstream(buf []byte, n int) error {
 	if _, err := c.client.Write(chunk); err != nil {
 		return err
 	}
+	c.toClient.Add(int64(len(chunk)))
 	c.clientAtFrame = c.tapped && atEnd && !s.parser.Failed()
 	if c.pingPending && c.clientAtFrame {
 		return c.writePingLocked()
@@ -328,6 +349,8 @@ func (c *wsConn) writePingLocked() error {
 	var frame [2 + probeLen]byte
 	frame[0], frame[1] = 0x80|byte(wsframe.OpPing), probeLen
 	copy(frame[2:], c.probe[:])
+	c.pingSent = true
+	c.armLocked(c.p.o.ProbeTimeout) // the Pong has PROBE_TIMEOUT from now
 	c.probeMu.Unlock()
 	c.p.stats.Frames[event.FromUpstream].Add(1)
 	_, err := c.client.Write(frame[:])
@@ -348,14 +371,26 @@ func (c *wsConn) probeFire() {
 		c.probeMu.Unlock()
 		return
 	}
+	if time.Now().Before(c.probeDue) {
+		c.probeMu.Unlock()
+		return // the timer was re-armed while this fire waited for the lock
+	}
 	if c.outstanding {
+		if n := c.toClient.Load(); !c.pingSent && n != c.progress {
+			// The Ping still waits for the end of a long upstream frame, and
+			// the client keeps taking that frame: it is alive.
+			c.progress = n
+			c.armLocked(c.p.o.ProbeTimeout)
+			c.probeMu.Unlock()
+			return
+		}
 		c.probeMu.Unlock()
 		c.kill(event.CloseProbeTimeout)
 		return
 	}
-	c.outstanding = true
+	c.outstanding, c.pingSent, c.progress = true, false, c.toClient.Load()
 	binary.LittleEndian.PutUint64(c.probe[:], rand.Uint64())
-	c.probeTimer.Reset(c.p.o.ProbeTimeout)
+	c.armLocked(c.p.o.ProbeTimeout)
 	c.probeMu.Unlock()
 
 	c.clientMu.Lock()
@@ -369,6 +404,12 @@ func (c *wsConn) probeFire() {
 	}
 }
 
+// armLocked sets the probe timer to fire after d; probeMu is held.
+func (c *wsConn) armLocked(d time.Duration) {
+	c.probeDue = time.Now().Add(d)
+	c.probeTimer.Reset(d)
+}
+
 // isProbePong reports whether payload answers our outstanding Ping, and if
 // so re-arms the probe.
 func (c *wsConn) isProbePong(payload []byte) bool {
@@ -378,7 +419,7 @@ func (c *wsConn) isProbePong(payload []byte) bool {
 		return false
 	}
 	c.outstanding = false
-	c.probeTimer.Reset(c.p.o.ProbeInterval)
+	c.armLocked(c.p.o.ProbeInterval)
 	return true
 }
 
@@ -585,6 +626,9 @@ func (s *upstreamSide) ProtocolError(err error) {
 // peers, each at a frame boundary so no frame is cut, and closes the sockets
 // after a short wait for the peers' answers.
 func (c *wsConn) goAway() {
+	if !c.goingAway.CompareAndSwap(false, true) {
+		return
+	}
 	// The deadline comes first: a write below can block on a peer that
 	// stopped reading (and so can taking a lock that a blocked relay write
 	// holds); only closing the sockets ends that.

@@ -47,6 +47,15 @@ var handshakeReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(ni
 // handshake is over, not with the connection.
 func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request, span trace.Span) bool {
 	p.stats.Upgrades.Add(1)
+	// Handshakes in progress count for Shutdown until they become tracked
+	// connections (or fail); none starts once it began.
+	p.upgrading.Add(1)
+	defer p.upgrading.Add(-1)
+	if p.closing.Load() {
+		w.Header().Set("Connection", "close")
+		http.Error(w, "presence-sidecar: shutting down", http.StatusServiceUnavailable)
+		return false
+	}
 	target := httpURL(p.o.Upstream)
 	ctx, cancel := context.WithTimeout(r.Context(), p.o.DialTimeout)
 	defer cancel()
@@ -135,6 +144,7 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request, span trace.
 	if span.IsRecording() {
 		span.SetAttributes(semconv.HTTPResponseStatusCode(http.StatusSwitchingProtocols), AttrConnID.Int64(int64(c.id)))
 	}
+	p.track(c)
 	go c.run(fromClient, fromUpstream, tp)
 	return true
 }
