@@ -256,3 +256,26 @@ func TestBadConfigAndDeadUpstream(t *testing.T) {
 		t.Fatalf("upgrade to a dead upstream: %v %v", err, wsResp)
 	}
 }
+
+// A graceful restart that lasts longer than the interval: the clients the
+// sidecar itself closed get a whole interval after the start to come back,
+// as after a crash, and a client that does produces nothing.
+func TestSIGTERMRestartClientReturnsNothing(t *testing.T) {
+	up, pf := newUpstream(t), newPlatform(t)
+	env := baseEnv(up.url(), pf.url(), t.TempDir())
+	env["PRESENCE_CHECK_INTERVAL"] = "2s"
+	env["SHUTDOWN_GRACE"] = "200ms"
+	sc := start(t, env)
+	c := client(t, sc, "term-2", "b")
+	<-up.links
+	sc.api("PUT", "/v1/sessions/term-2/handoff", nil)
+	if code := sc.stop(); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	c.Close()
+	time.Sleep(2500 * time.Millisecond) // down for longer than the interval
+	sc2 := restart(t, sc, env)
+	c2 := client(t, sc2, "term-2", "b")
+	defer c2.Close()
+	pf.quiet(t, 3*time.Second)
+}

@@ -393,6 +393,23 @@ func TestInvariant6_RestartLosesNothing(t *testing.T) {
 		p := r.wantNotes(store.KindOffline, store.KindOnline)
 		checkOutbox(t, p)
 	})
+	t.Run("graceful stop: connections the sidecar closed still count; the client has a whole interval after the start", func(t *testing.T) {
+		r := newRig(t, nil, nil, nil)
+		r.handover(1, "s1", "bot")
+		r.e.ConnClosed(1, event.CloseShutdown) // SIGTERM's 1001, not the client leaving
+		if err := r.e.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if s := r.stored("s1"); s.Conns != 1 || !s.Deadline.IsZero() {
+			t.Fatalf("stored at stop %+v: the client did not leave", s)
+		}
+		r.restart(interval + time.Minute) // a downtime longer than the interval
+		r.e.Tick(r.clk.Now())
+		r.advance(interval - time.Second)
+		r.open(2, "s1", "bot") // the client reconnects after the restart
+		r.advance(10 * interval)
+		r.wantNotes()
+	})
 	t.Run("graceful stop flushes; hand-over and episode survive", func(t *testing.T) {
 		r := newRig(t, nil, nil, nil)
 		r.handover(1, "s1", "bot")

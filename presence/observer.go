@@ -156,7 +156,7 @@ func (e *Engine) Message(id event.ConnID, dir event.Direction, m event.Message) 
 
 // ConnClosed implements event.Observer. Every reason counts the same: the
 // connection is gone.
-func (e *Engine) ConnClosed(id event.ConnID, _ event.CloseReason) {
+func (e *Engine) ConnClosed(id event.ConnID, reason event.CloseReason) {
 	cs := e.connShard(id)
 	cs.mu.Lock()
 	c, ok := cs.m[id]
@@ -167,6 +167,12 @@ func (e *Engine) ConnClosed(id event.ConnID, _ event.CloseReason) {
 	}
 	if c.s == nil {
 		e.untrackedConns.Add(-1)
+		return
+	}
+	if reason == event.CloseShutdown {
+		// The sidecar, not the client, ended it: the session stays counted
+		// as connected, so the last flush stores it so and the next start
+		// gives the client a whole interval to come back, as after a crash.
 		return
 	}
 	s := c.s
