@@ -139,7 +139,13 @@ type Deliverer struct {
 
 	wake    chan struct{}
 	running atomic.Bool
-	depth   atomic.Int64 // outbox depth as last known by Run; -1 before the first read
+
+	// deadOffline: offline notifications that were dead-lettered, by
+	// session and episode (value: the webhook id). A return message of such
+	// an episode is dead-lettered too, never sent (SPEC invariant 3).
+	deadMu      sync.Mutex
+	deadOffline map[string]string
+	depth       atomic.Int64 // outbox depth as last known by Run; -1 before the first read
 }
 
 // New validates o and returns a Deliverer. Errors name the environment variable.
@@ -382,8 +388,60 @@ func (d *Deliverer) Replay(id string) (store.Notification, error) {
 	if err != nil {
 		return n, err
 	}
+	if n.Kind == store.KindOffline {
+		d.deadMu.Lock()
+		delete(d.deadOffline, episodeKey(n))
+		d.deadMu.Unlock()
+	}
 	d.Wake()
 	return n, nil
+}
+
+func episodeKey(n store.Notification) string {
+	return n.SessionID + "\x00" + strconv.FormatUint(n.Episode, 10)
+}
+
+// noteDead remembers a dead-lettered offline notification.
+func (d *Deliverer) noteDead(n store.Notification) {
+	if n.Kind != store.KindOffline {
+		return
+	}
+	d.deadMu.Lock()
+	if d.deadOffline == nil {
+		d.deadOffline = make(map[string]string)
+	}
+	d.deadOffline[episodeKey(n)] = n.ID
+	d.deadMu.Unlock()
+}
+
+// offlineDead reports whether n is a return message whose episode's offline
+// notification is in the dead letters.
+func (d *Deliverer) offlineDead(n store.Notification) (string, bool) {
+	if n.Kind != store.KindOnline {
+		return "", false
+	}
+	d.deadMu.Lock()
+	defer d.deadMu.Unlock()
+	id, ok := d.deadOffline[episodeKey(n)]
+	return id, ok
+}
+
+// loadDeadOffline reads the dead letters once at start, so a return message
+// whose /expire died before a restart is held back too.
+func (d *Deliverer) loadDeadOffline() error {
+	dead, err := d.o.Store.DeadLetters()
+	if err != nil {
+		return err
+	}
+	d.deadMu.Lock()
+	defer d.deadMu.Unlock()
+	d.deadOffline = make(map[string]string)
+	for _, n := range dead {
+		if n.Kind == store.KindOffline {
+			d.deadOffline[episodeKey(n)] = n.ID
+		}
+	}
+	return nil
 }
 
 // Depth is the outbox depth as Run last saw it (read from the store before
@@ -418,6 +476,11 @@ func (d *Deliverer) Run(ctx context.Context) error {
 		return errors.New("handoff: Run is already running")
 	}
 	defer d.running.Store(false)
+	if err := d.loadDeadOffline(); err != nil {
+		// Degraded, not stopped: only a return message whose /expire died
+		// before this start could then slip through.
+		d.log.Error("handoff: reading the dead letters failed", zap.Error(err))
+	}
 	if d.ownClient {
 		defer d.client.CloseIdleConnections()
 	}
@@ -527,39 +590,10 @@ func (d *Deliverer) apply(r done, cache []store.Notification, inflight map[strin
 				cache[i] = r.n
 				return cache, reload
 			}
-			cache = append(cache[:i], cache[i+1:]...)
-			if !r.n.DeadAt.IsZero() && r.n.Kind == store.KindOffline {
-				cache = d.deadLetterReturn(r.n, cache)
-			}
-			return cache, reload
+			return append(cache[:i], cache[i+1:]...), reload
 		}
 	}
 	return cache, reload
-}
-
-// deadLetterReturn dead-letters the return message of an episode whose
-// offline notification was dead-lettered: a return message must never reach
-// the platform before (or without) its /expire (SPEC invariant 3). Replaying
-// the offline one first and then this one restores the order.
-func (d *Deliverer) deadLetterReturn(offline store.Notification, cache []store.Notification) []store.Notification {
-	return slices.DeleteFunc(cache, func(n store.Notification) bool {
-		if n.SessionID != offline.SessionID || n.Episode != offline.Episode || n.Kind != store.KindOnline {
-			return false
-		}
-		n.DeadAt, n.NextAttemptAt = d.now(), time.Time{}
-		n.LastError = "its client.offline " + offline.ID + " was dead-lettered; replay that one first, then this one"
-		if err := d.o.Store.DeadLetter(n); err != nil {
-			d.log.Error("handoff: dead-lettering a return message failed", zap.String("webhook_id", n.ID), zap.Error(err))
-			return false
-		}
-		d.log.Error("handoff: notification dead-lettered", zap.String("session", n.SessionID), zap.String("bot", n.BotID),
-			zap.String("kind", string(n.Kind)), zap.String("webhook_id", n.ID), zap.String("outcome", string(Dead)),
-			zap.String("error", n.LastError))
-		if d.o.Observe != nil {
-			d.o.Observe(Outcome{ID: n.ID, SessionID: n.SessionID, BotID: n.BotID, Kind: n.Kind, Result: Dead, Error: n.LastError, Attempts: n.Attempts})
-		}
-		return true
-	})
 }
 
 // dispatch starts an attempt for each session whose head (lowest Seq) is due
@@ -642,7 +676,12 @@ func (d *Deliverer) deliver(n store.Notification) done {
 	ctx, span := tracectx.Start(tracectx.WithRemote(context.Background(), n.TraceParent), d.tracer,
 		"handoff.deliver", trace.WithSpanKind(trace.SpanKindClient))
 	defer span.End()
-	a := d.post(ctx, n)
+	var a attempt
+	if offID, dead := d.offlineDead(n); dead {
+		a = attempt{result: Dead, reason: "its client.offline " + offID + " was dead-lettered; replay that one first, then this one"}
+	} else {
+		a = d.post(ctx, n)
+	}
 	n.Attempts++
 	now := d.now()
 	lastErr := a.reason
@@ -677,6 +716,7 @@ func (d *Deliverer) deliver(n store.Notification) done {
 	case Dead:
 		n.DeadAt, n.NextAttemptAt = now, time.Time{}
 		err = d.o.Store.DeadLetter(n)
+		d.noteDead(n)
 	}
 
 	d.endSpan(span, n, a, res)

@@ -1274,3 +1274,41 @@ func TestReturnMessageFollowsItsDeadOfflineNote(t *testing.T) {
 		t.Fatalf("delivery order after replay: %d requests", len(reqs))
 	}
 }
+
+// The return message of an episode whose /expire died is held back even when
+// it is committed later (the client came back after the dead letter), and
+// after a restart of the deliverer.
+func TestReturnMessageCommittedAfterItsOfflineDied(t *testing.T) {
+	p := newPlatform(t, func(w http.ResponseWriter, r *http.Request, got received, i int) {
+		if r.URL.Path == "/expire" {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	st := store.NewMemory()
+	obs := &outcomes{}
+	ctx, cancel := context.WithCancel(context.Background())
+	d1, err := New(baseOptions(st, p.URL, obs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := make(chan struct{})
+	go func() { d1.Run(ctx); close(stopped) }()
+	commit(t, st, d1, offline("s", "msg_off"))
+	eventually(t, 2*time.Second, "dead offline", func() bool { return obs.count(Dead) == 1 })
+	cancel()
+	<-stopped
+	// A new deliverer (a restart) on the same store; the client comes back.
+	d2 := run(t, baseOptions(st, p.URL, obs))
+	commit(t, st, d2, online("s", "msg_on"))
+	eventually(t, 2*time.Second, "the return message dead-lettered", func() bool { return obs.count(Dead) == 2 })
+	for _, r := range p.requests() {
+		if r.Path == "/message" {
+			t.Fatalf("return message %s sent although its /expire was dead-lettered", r.ID())
+		}
+	}
+	if dl := deadLetters(t, st); len(dl) != 2 || dl[1].ID != "msg_on" || !strings.Contains(dl[1].LastError, "msg_off") {
+		t.Fatalf("dead letters %+v", dl)
+	}
+}
