@@ -129,6 +129,9 @@ func TestHTTPForwarding(t *testing.T) {
 			t.Errorf("hop-by-hop request header %s: %q reached the upstream", k, v)
 		}
 	}
+	if v, ok := r.header["Accept-Encoding"]; ok {
+		t.Errorf("the client sent no Accept-Encoding, the upstream got %q", v)
+	}
 	if tp := r.header.Get("Traceparent"); !traceparentRE.MatchString(tp) {
 		t.Errorf("traceparent %q", tp)
 	}

@@ -237,7 +237,7 @@ func TestShutdown(t *testing.T) {
 	if e := tp.rec.wait(t, "ConnClosed", isKind(evClosed)); e.Reason != event.CloseShutdown {
 		t.Errorf("reason %q, want %q", e.Reason, event.CloseShutdown)
 	}
-	if took >= time.Second {
+	if took >= 3*time.Second { // about 100ms when the machine is quiet
 		t.Errorf("Shutdown took %v though both peers answered the Close at once", took)
 	}
 	if n := tp.p.Stats().OpenWebSockets.Load(); n != 0 {

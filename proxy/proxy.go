@@ -122,6 +122,7 @@ func New(o Options) (*Proxy, error) {
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   o.DialTimeout,
 		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true, // Accept-Encoding is the client's to send, not ours
 	}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:      func(pr *httputil.ProxyRequest) { rewrite(pr, target) },

@@ -237,7 +237,10 @@ func (a *App) Serve(ctx context.Context, started func(proxyAddr, adminAddr strin
 		Handler:           a.proxy,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
-		ErrorLog:          zap.NewStdLog(a.log.Named("http")),
+		// Idle keep-alive connections between requests are closed after a
+		// while (WebSockets are hijacked and not affected).
+		IdleTimeout: 2 * time.Minute,
+		ErrorLog:    zap.NewStdLog(a.log.Named("http")),
 	}
 	adminSrv := &http.Server{Handler: a.admin.Handler(), ReadHeaderTimeout: 10 * time.Second}
 

@@ -25,8 +25,8 @@ type Config struct {
 	UpstreamURL       string        `env:"UPSTREAM_URL,required" desc:"the conversation service (http://, https://, ws://, wss://)"`
 	ReadHeaderTimeout time.Duration `env:"READ_HEADER_TIMEOUT" envDefault:"10s" desc:"time a client has to send its request headers"`
 	MaxHeaderBytes    int           `env:"MAX_HEADER_BYTES" envDefault:"65536" desc:"largest request header block; larger gets 431"`
-	MaxConnections    int           `env:"MAX_CONNECTIONS" envDefault:"0" desc:"open client connections allowed (0 = no cap); over it: 503"`
-	DialTimeout       time.Duration `env:"UPSTREAM_DIAL_TIMEOUT" envDefault:"10s" desc:"time to connect to the upstream; then 502"`
+	MaxConnections    int           `env:"MAX_CONNECTIONS" envDefault:"0" desc:"requests in progress plus open WebSockets allowed (0 = no cap); over it: 503"`
+	DialTimeout       time.Duration `env:"UPSTREAM_DIAL_TIMEOUT" envDefault:"10s" desc:"time to connect to the upstream and, for WebSockets, to get its handshake answer; then 502"`
 	TCPKeepAlive      time.Duration `env:"TCP_KEEPALIVE" envDefault:"30s" desc:"TCP keep-alive period on client and upstream sockets"`
 	InspectBytes      int           `env:"INSPECT_BYTES" envDefault:"4096" desc:"bytes of each message (after inflation) and HTTP body that ids and rules look at"`
 	ProbeInterval     time.Duration `env:"PROBE_INTERVAL" envDefault:"25s" desc:"liveness Ping to each WebSocket client (0 = off)"`
