@@ -175,7 +175,7 @@ func New(o Options) (*Deliverer, error) {
 		return nil, fmt.Errorf("HANDOFF_MESSAGE_PATH=%q: %v", o.MessagePath, err)
 	}
 	if o.SigningSecret != "" {
-		if d.key, err = decodeSecret(o.SigningSecret); err != nil {
+		if d.key, err = DecodeSecret(o.SigningSecret); err != nil {
 			// The value is a secret: name the variable, never echo it.
 			return nil, fmt.Errorf("HANDOFF_SIGNING_SECRET: %v (value not shown)", err)
 		}
@@ -275,7 +275,8 @@ func join(base *url.URL, p, extra string) (string, error) {
 	return u.String(), nil
 }
 
-func decodeSecret(s string) ([]byte, error) {
+// DecodeSecret reads a Standard Webhooks secret, "whsec_" and the base64 key.
+func DecodeSecret(s string) ([]byte, error) {
 	b64, ok := strings.CutPrefix(s, "whsec_")
 	if !ok {
 		return nil, errors.New(`must start with "whsec_" followed by the base64 key`)

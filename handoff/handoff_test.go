@@ -234,7 +234,7 @@ func deadLetters(t *testing.T, st store.Store) []store.Notification {
 
 func TestSignKnownVector(t *testing.T) {
 	const want = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
-	key, err := decodeSecret(testSecret)
+	key, err := DecodeSecret(testSecret)
 	if err != nil {
 		t.Fatal(err)
 	}

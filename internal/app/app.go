@@ -144,12 +144,7 @@ func (a *App) buildPresence(po *proxy.Options) error {
 		po.InspectServer = po.InspectServer || s.Has(event.FromUpstream)
 	}
 	detect, _ := cfg.HandoffDetection() // validated by config
-	defaults := presence.Settings{
-		Enabled:       true,
-		CheckInterval: cfg.PresenceCheckInterval,
-		ReturnMessage: cfg.PresenceReturnMessage,
-		Mode:          presence.Mode(cfg.PresenceMode),
-	}
+	defaults := cfg.PresenceDefaults()
 	if cfg.PresenceAllowAny {
 		a.log.Warn("PRESENCE_ALLOW_ANY_INTERVAL=true: the 1m–10m range of check intervals is lifted; meant for tests and demos")
 	}

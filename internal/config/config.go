@@ -14,7 +14,11 @@ import (
 
 	"github.com/caarlos0/env/v11"
 
+	"github.com/presence-sidecar/presence-sidecar/handoff"
+	"github.com/presence-sidecar/presence-sidecar/internal/rules"
 	"github.com/presence-sidecar/presence-sidecar/presence"
+	"github.com/presence-sidecar/presence-sidecar/proxy"
+	"github.com/presence-sidecar/presence-sidecar/proxy/event"
 )
 
 // Config is the whole environment of the sidecar. The desc tags feed the
@@ -199,6 +203,7 @@ func (c Config) validate() error {
 	if _, err := c.HandoffDetection(); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, c.validatePresenceInputs()...)
 	if c.RedisURL != "" {
 		// Refuse rather than run one replica's state while the operator
 		// expects several replicas to share it.
@@ -218,6 +223,46 @@ func (c Config) validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validatePresenceInputs checks the variables that only matter with
+// presence on, whether it is on or not: a mistake should show the day it is
+// made, not the day someone turns presence on.
+func (c Config) validatePresenceInputs() []error {
+	var errs []error
+	for _, v := range []struct{ name, value string }{{"SESSION_ID_FROM", c.SessionIDFrom}, {"BOT_ID_FROM", c.BotIDFrom}} {
+		if _, err := proxy.ParseSources(v.name, v.value); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, v := range []struct{ name, value string }{
+		{"PRESENCE_IGNORE", c.PresenceIgnore}, {"HANDOFF_START_MATCH", c.HandoffStartMatch}, {"HANDOFF_END_MATCH", c.HandoffEndMatch},
+	} {
+		if _, err := rules.Parse(v.value, event.FromClient); err != nil {
+			errs = append(errs, bad(v.name, v.value, err.Error()))
+		}
+	}
+	if c.HandoffSigningSecret != "" {
+		if _, err := handoff.DecodeSecret(c.HandoffSigningSecret); err != nil {
+			errs = append(errs, fmt.Errorf("HANDOFF_SIGNING_SECRET (value hidden): %v", err))
+		}
+	}
+	if c.PresenceBotsFile != "" && c.PresenceCheckInterval > 0 {
+		if _, err := presence.LoadBotsFile(c.PresenceBotsFile, c.PresenceDefaults(), c.PresenceAllowAny); err != nil {
+			errs = append(errs, fmt.Errorf("PRESENCE_BOTS_FILE=%q: %w", c.PresenceBotsFile, err))
+		}
+	}
+	return errs
+}
+
+// PresenceDefaults are the presence settings the environment gives every bot.
+func (c Config) PresenceDefaults() presence.Settings {
+	return presence.Settings{
+		Enabled:       true,
+		CheckInterval: c.PresenceCheckInterval,
+		ReturnMessage: c.PresenceReturnMessage,
+		Mode:          presence.Mode(c.PresenceMode),
+	}
 }
 
 // Detection is the parsed HANDOFF_DETECT.

@@ -41,6 +41,12 @@ func TestBadValuesNameVariableValueAndRange(t *testing.T) {
 		{append(base, "LOG_FORMAT=xml"), []string{"LOG_FORMAT", `"xml"`, "json or console"}},
 		{append(base, "HANDOFF_EXPIRE_PATH=expire"), []string{"HANDOFF_EXPIRE_PATH", "starting with /"}},
 		{append(base, "PROBE_TIMEOUT=0s"), []string{"PROBE_TIMEOUT", "positive"}},
+		// Checked with presence off too: a mistake shows the day it is made.
+		{append(base, "SESSION_ID_FROM=bogus:x"), []string{"SESSION_ID_FROM", "bogus"}},
+		{append(base, "PRESENCE_IGNORE=sideways:a=b"), []string{"PRESENCE_IGNORE", "client or server"}},
+		{append(base, "HANDOFF_START_MATCH=server:data.isTransfer"), []string{"HANDOFF_START_MATCH", "PATH=VALUE"}},
+		{append(base, "PRESENCE_BOTS_FILE=/nonexistent/bots.json"), []string{"PRESENCE_BOTS_FILE", "/nonexistent/bots.json"}},
+		{append(base, "HANDOFF_SIGNING_SECRET=sekrit"), []string{"HANDOFF_SIGNING_SECRET", "whsec_"}},
 		{append(base, "REDIS_URL=redis://:pw@redis:6379/0"), []string{"REDIS_URL", "redis://:xxxxx@redis:6379/0", "not in this version"}},
 	}
 	for _, c := range cases {
