@@ -104,31 +104,47 @@ func (e *Engine) SetHandoff(sessionID, botID string, on bool) error {
 func (e *Engine) BotSettings(botID string) Settings { return *e.settings(botID) }
 
 // PutBotSettings changes a bot's settings at run time. The set fields of o
-// are laid over the bot's current overrides (PRESENCE_BOTS_FILE or an
-// earlier change), validated, persisted with store.PutBot and used for
-// later decisions. Deadlines already armed keep their time.
-func (e *Engine) PutBotSettings(botID string, o store.BotSettings) (Settings, error) {
+// are laid over the bot's earlier run-time changes; the fields named in
+// clear are dropped from them, so the bot falls back to PRESENCE_BOTS_FILE
+// and then the environment for those. The result is validated, persisted
+// with store.PutBot (the run-time changes only) and used for later
+// decisions. Deadlines already armed keep their time.
+func (e *Engine) PutBotSettings(botID string, o store.BotSettings, clear ...string) (Settings, error) {
 	if botID == "" {
 		return Settings{}, errors.New("presence: empty bot id")
 	}
 	e.botsMu.Lock()
 	defer e.botsMu.Unlock()
 	cur := *e.bots.Load()
-	var base store.BotSettings
+	var file, api store.BotSettings
 	id := strings.Clone(botID)
 	if b, ok := cur[botID]; ok {
-		base, id = b.over, b.id
+		file, api, id = b.file, b.api, b.id
 	}
-	merged := mergeOverrides(base, o)
-	set, err := Resolve(e.def, merged, e.allowAny)
+	api = mergeOverrides(api, o)
+	for _, field := range clear {
+		switch field {
+		case "enabled":
+			api.Enabled = nil
+		case "checkInterval":
+			api.CheckInterval = ""
+		case "returnMessage":
+			api.ReturnMessage = ""
+		case "mode":
+			api.Mode = ""
+		default:
+			return Settings{}, fmt.Errorf("bot %q: unknown setting %q", botID, field)
+		}
+	}
+	set, err := Resolve(e.def, mergeOverrides(file, api), e.allowAny)
 	if err != nil {
 		return Settings{}, fmt.Errorf("bot %q: %w", botID, err)
 	}
-	if err := e.store.PutBot(botID, merged); err != nil {
+	if err := e.store.PutBot(botID, api); err != nil {
 		return Settings{}, fmt.Errorf("presence: saving settings of bot %q: %w", botID, err)
 	}
 	next := maps.Clone(cur)
-	next[botID] = &botEntry{id: id, over: merged, set: set}
+	next[botID] = &botEntry{id: id, file: file, api: api, set: set}
 	e.bots.Store(&next)
 	e.log.Info("presence: bot settings changed", zap.String("bot", botID),
 		zap.String("mode", string(set.Mode)), zap.Duration("check_interval", set.CheckInterval), zap.Bool("enabled", set.Enabled))

@@ -150,8 +150,9 @@ type connShard struct {
 }
 
 type botEntry struct {
-	id   string // canonical copy, shared by sessions (interning)
-	over store.BotSettings
+	id   string            // canonical copy, shared by sessions (interning)
+	file store.BotSettings // from PRESENCE_BOTS_FILE
+	api  store.BotSettings // changed through the admin API (stored); wins field by field
 	set  Settings
 }
 
@@ -243,26 +244,33 @@ func New(o Options) (*Engine, error) {
 	}
 	e.wakeAt.Store(math.MaxInt64)
 
+	// The file's settings and the API's are kept apart and laid over the
+	// environment field by field, so an edit of the file still shows for
+	// every field the API did not set.
 	bots := make(map[string]*botEntry, len(o.Bots))
 	for id, ov := range o.Bots {
 		set, err := Resolve(def, ov, o.AllowAnyInterval)
 		if err != nil {
 			return nil, fmt.Errorf("presence: bot %q: %w", id, err)
 		}
-		bots[id] = &botEntry{id: id, over: ov, set: set}
+		bots[id] = &botEntry{id: id, file: ov, set: set}
 	}
 	stored, err := o.Store.Bots()
 	if err != nil {
 		return nil, fmt.Errorf("presence: reading bot settings: %w", err)
 	}
-	for id, ov := range stored {
-		set, err := Resolve(def, ov, o.AllowAnyInterval)
+	for id, api := range stored {
+		b := bots[id]
+		if b == nil {
+			b = &botEntry{id: id}
+		}
+		set, err := Resolve(def, mergeOverrides(b.file, api), o.AllowAnyInterval)
 		if err != nil {
 			// Refusing to start would also lock out the admin API that can fix it.
 			e.log.Warn("presence: ignoring stored bot settings", zap.String("bot", id), zap.Error(err))
 			continue
 		}
-		bots[id] = &botEntry{id: id, over: ov, set: set}
+		bots[id] = &botEntry{id: id, file: b.file, api: api, set: set}
 	}
 	e.bots.Store(&bots)
 

@@ -654,18 +654,33 @@ func TestPerBotSettings(t *testing.T) {
 	if got := r.e.BotSettings("slow"); got != set {
 		t.Fatalf("BotSettings %+v", got)
 	}
-	if b, _ := st.Bots(); b["slow"].CheckInterval != "1m" || b["slow"].ReturnMessage != "Cliente de volta" {
-		t.Fatalf("stored %+v", b)
+	if b, _ := st.Bots(); b["slow"].CheckInterval != "1m" || b["slow"].ReturnMessage != "" {
+		t.Fatalf("stored %+v: only the run-time change is stored, the file keeps its own", b)
 	}
 	r.close(10)
 	r.advance(time.Minute)
 	if p := r.notes(); p[len(p)-1].SessionID != "s-slow" || p[len(p)-1].Kind != store.KindOffline {
 		t.Fatal("new interval not applied")
 	}
-	// A new engine: the run-time change wins over the file.
+	// A new engine: the run-time change wins over the file, field by field;
+	// an edit of the file shows in the fields the API did not set.
+	file["slow"] = store.BotSettings{CheckInterval: "5m", ReturnMessage: "Voltou (editado)"}
 	r.restart(0)
-	if got := r.e.BotSettings("slow"); got.CheckInterval != time.Minute {
+	if got := r.e.BotSettings("slow"); got.CheckInterval != time.Minute || got.ReturnMessage != "Voltou (editado)" {
 		t.Fatalf("after restart %+v", got)
+	}
+	// Clearing a run-time change falls back to the file, then the environment.
+	if got, err := r.e.PutBotSettings("slow", store.BotSettings{}, "checkInterval"); err != nil || got.CheckInterval != 5*time.Minute {
+		t.Fatalf("cleared interval: %+v %v", got, err)
+	}
+	if _, err := r.e.PutBotSettings("b2", store.BotSettings{ReturnMessage: "Custom"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := r.e.PutBotSettings("b2", store.BotSettings{}, "returnMessage"); got.ReturnText() != DefaultReturnMessage {
+		t.Fatalf("cleared return message: %+v", got)
+	}
+	if _, err := r.e.PutBotSettings("b2", store.BotSettings{}, "colour"); err == nil {
+		t.Fatal("an unknown field to clear must be refused")
 	}
 	if got := r.e.BotSettings("unknown"); got.CheckInterval != interval || got.Mode != ModeConnection {
 		t.Fatalf("defaults %+v", got)

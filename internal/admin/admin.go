@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -139,18 +140,45 @@ func (s *Server) getBot(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// putBot changes the fields the body names. A field given as null or ""
+// is cleared: the bot falls back to PRESENCE_BOTS_FILE, then the
+// environment (a blank return message means the default text).
 func (s *Server) putBot(w http.ResponseWriter, r *http.Request) {
 	if !s.presenceOn(w) {
 		return
 	}
-	var in store.BotSettings
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&in); err != nil {
-		writeError(w, http.StatusBadRequest, "body must be JSON {enabled, checkInterval, returnMessage, mode}: "+err.Error())
+	var fields map[string]json.RawMessage
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&fields); err != nil {
+		writeError(w, http.StatusBadRequest, "body must be a JSON object with enabled, checkInterval, returnMessage, mode: "+err.Error())
 		return
 	}
-	got, err := s.Engine.PutBotSettings(r.PathValue("botId"), in)
+	var in store.BotSettings
+	var clear []string
+	for name, raw := range fields {
+		var dst any
+		switch name {
+		case "enabled":
+			dst = &in.Enabled
+		case "checkInterval":
+			dst = &in.CheckInterval
+		case "returnMessage":
+			dst = &in.ReturnMessage
+		case "mode":
+			dst = &in.Mode
+		default:
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("unknown field %q (want enabled, checkInterval, returnMessage, mode)", name))
+			return
+		}
+		if string(raw) == "null" || string(raw) == `""` {
+			clear = append(clear, name)
+			continue
+		}
+		if err := json.Unmarshal(raw, dst); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: %v", name, err))
+			return
+		}
+	}
+	got, err := s.Engine.PutBotSettings(r.PathValue("botId"), in, clear...)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return

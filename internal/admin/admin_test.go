@@ -93,6 +93,11 @@ func TestHandoffAndBotSettings(t *testing.T) {
 	if bots["b1"].ReturnMessage != "voltou" {
 		t.Fatalf("bot settings not persisted: %+v", bots)
 	}
+	// null or "" clears a field: back to the environment's value.
+	if code, body := do(t, h, "PUT", "/v1/bots/b1/presence", "t", `{"returnMessage":null,"mode":""}`); code != 200 ||
+		!strings.Contains(body, `"returnMessage": ""`) || !strings.Contains(body, `"connection"`) || !strings.Contains(body, `"3m0s"`) {
+		t.Fatalf("clearing fields: %d %s", code, body)
+	}
 }
 
 func TestPresenceOffAndReadiness(t *testing.T) {
