@@ -300,7 +300,7 @@ func openAsNobody(t *testing.T, dir string) string {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Skipf("cannot run a child as nobody: %v %s", err, out)
+		t.Fatalf("cannot run a child as nobody (tests run as root here): %v %s", err, out)
 	}
 	for line := range strings.Lines(string(out)) {
 		if msg, ok := strings.CutPrefix(line, "RESULT "); ok {
@@ -484,9 +484,6 @@ func TestBoltSurvivesKill9(t *testing.T) {
 	if dir := os.Getenv(killChildEnv); dir != "" {
 		killChild(dir)
 		os.Exit(0)
-	}
-	if testing.Short() {
-		t.Skip("re-executes the test binary")
 	}
 	dir := t.TempDir()
 	exe, err := os.Executable()
