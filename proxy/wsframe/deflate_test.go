@@ -14,7 +14,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-	"unsafe"
 
 	coder "github.com/coder/websocket"
 	"github.com/gorilla/websocket"
@@ -323,59 +322,6 @@ func TestInflaterGoroutine(t *testing.T) {
 	}
 }
 
-// TestDeflateMemory measures what idle connections keep after one
-// compressed message each: the window with context takeover, nothing
-// without.
-func TestDeflateMemory(t *testing.T) {
-	if raceEnabled {
-		t.Skip("heap figures are not meaningful under -race")
-	}
-	msg := chatMessages(1)[0]
-	big := bytes.Repeat([]byte("0123456789abcdef"), 4096) // 64 KiB: fills the window
-	const n = 1000
-	for _, tc := range []struct {
-		name  string
-		noCtx bool
-		msg   []byte
-		max   float64 // bytes per parser
-	}{
-		{"context takeover, one chat message", false, msg, 1024},
-		{"context takeover, 64 KiB message", false, big, 33 << 10},
-		{"no context takeover", true, big, 200},
-	} {
-		stream := frame{fin: true, rsv1: true, op: OpText, mask: true, key: key1, payload: newDeflater(tc.noCtx).compress(tc.msg)}.bytes()
-		opts := Options{ExpectMasked: true, PrefixLimit: 1024, Deflate: &DeflateParams{NoContextTakeover: tc.noCtx}}
-		h := &nopHandler{}
-		parsers := make([]Parser, n)
-		// Warm the pools so that pooled objects are not counted.
-		var warm Parser
-		warm.Init(opts, h)
-		warm.Feed(stream[:len(stream)/2])
-		warm.Feed(stream[len(stream)/2:])
-		warm.Release()
-
-		var before, after runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&before)
-		for i := range parsers {
-			parsers[i].Init(opts, h)
-			parsers[i].Feed(stream[:len(stream)/2]) // split: the goroutine path
-			parsers[i].Feed(stream[len(stream)/2:])
-		}
-		runtime.GC()
-		runtime.ReadMemStats(&after)
-		per := float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / n
-		t.Logf("%s: %.0f heap bytes per idle parser (plus %d for the Parser struct)", tc.name, per, unsafe.Sizeof(Parser{}))
-		if per > tc.max {
-			t.Errorf("%s: %.0f bytes per idle parser, want at most %.0f", tc.name, per, tc.max)
-		}
-		for i := range parsers {
-			parsers[i].Release()
-		}
-		runtime.KeepAlive(parsers)
-	}
-}
-
 // captureConn records the bytes a client connection reads and writes.
 type captureConn struct {
 	net.Conn
@@ -578,37 +524,6 @@ func TestFlateWriterSizes(t *testing.T) {
 		opts := Options{PrefixLimit: 500, Deflate: &DeflateParams{}}
 		checkMessages(t, feedAll(t, stream, opts), msgs, 500)
 		checkSplit(t, stream, opts, []int{1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987, 1597})
-	}
-}
-
-// TestInflightMemory measures what a compressed message in flight costs
-// while its inflating goroutine waits for the rest: the pooled inflater
-// (flate reader and output buffer) and the goroutine's stack.
-func TestInflightMemory(t *testing.T) {
-	if raceEnabled {
-		t.Skip("heap figures are not meaningful under -race")
-	}
-	msg := bytes.Repeat([]byte(`{"action":"message","data":{"text":"hello world"}}`), 100)
-	stream := frame{fin: true, rsv1: true, op: OpText, mask: true, key: key1, payload: newDeflater(true).compress(msg)}.bytes()
-	opts := Options{ExpectMasked: true, PrefixLimit: 1024, Deflate: &DeflateParams{}}
-	const n = 500
-	parsers := make([]Parser, n)
-	h := &nopHandler{}
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	for i := range parsers {
-		parsers[i].Init(opts, h)
-		parsers[i].Feed(stream[:len(stream)/2])
-	}
-	runtime.GC()
-	runtime.ReadMemStats(&after)
-	heap := float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / n
-	stack := float64(int64(after.StackInuse)-int64(before.StackInuse)) / n
-	t.Logf("compressed message in flight: %.0f heap bytes (inflater, prefix, window so far) + %.0f stack bytes per parser", heap, stack)
-	for i := range parsers {
-		parsers[i].Feed(stream[len(stream)/2:])
-		parsers[i].Release()
 	}
 }
 

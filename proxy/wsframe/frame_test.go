@@ -417,43 +417,6 @@ func (h *nopHandler) FrameEnd(Header, int, []byte) {}
 func (h *nopHandler) Message(m Message)            { h.n += len(m.Prefix) }
 func (h *nopHandler) ProtocolError(error)          {}
 
-func TestNoAllocs(t *testing.T) {
-	if testing.CoverMode() != "" || raceEnabled {
-		t.Skip("allocation counts are not meaningful under -race or -cover")
-	}
-	stream := multiFrame()
-	unmasked := concat(frame{fin: true, op: OpText, payload: []byte("hello")},
-		frame{op: OpText, payload: []byte("hel")}, frame{fin: true, op: OpContinuation, payload: []byte("lo")})
-	for _, tc := range []struct {
-		name   string
-		stream []byte
-		opts   Options
-		split  int
-	}{
-		{"masked whole", stream, Options{ExpectMasked: true, PrefixLimit: 1024}, 0},
-		{"masked split", stream, Options{ExpectMasked: true, PrefixLimit: 1024}, 7},
-		{"unmasked", unmasked, Options{PrefixLimit: 1024}, 0},
-		{"no inspection", stream, Options{ExpectMasked: true}, 3},
-	} {
-		var p Parser
-		p.Init(tc.opts, &nopHandler{})
-		allocs := testing.AllocsPerRun(1000, func() {
-			if tc.split == 0 {
-				p.Feed(tc.stream)
-				return
-			}
-			for i := 0; i < len(tc.stream); i += tc.split {
-				p.Feed(tc.stream[i:min(i+tc.split, len(tc.stream))])
-			}
-		})
-		// The close frame at the end does not stop parsing: the stream repeats.
-		if allocs != 0 {
-			t.Errorf("%s: %v allocs per stream, want 0", tc.name, allocs)
-		}
-		p.Release()
-	}
-}
-
 func TestInitReleaseZero(t *testing.T) {
 	var p Parser
 	p.Release()
