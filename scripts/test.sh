@@ -32,5 +32,5 @@ go test -race -count=1 -timeout 14m "$@" ./...
 # The benchmark harness (its own module) at a tiny size, so it cannot rot.
 (cd bench && PATH="$PATH:/usr/sbin" WSBENCH_REQUIRE_NGINX=1 go test -count=1 ./...)
 # Memory and allocation figures are distorted by the race detector, so the
-# tests that pin them skip under -race and run here without it.
+# tests that pin them are built only without it (//go:build !race): here.
 go test -count=1 -run '^(TestMemoryPerSession|TestDeflateMemory|TestInflightMemory|TestNoAllocs)$' -v ./presence ./proxy/wsframe | grep -E '^(=== RUN|--- |ok|FAIL|PASS)|bytes per'
