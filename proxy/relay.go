@@ -71,8 +71,11 @@ type wsConn struct {
 	noProbe   atomic.Bool // a tap stopped on a protocol error: the probe cannot work
 	shutdown  atomic.Bool // goAway closed it (it was not closing already)
 	goingAway atomic.Bool
-	killed    atomic.Pointer[event.CloseReason]
-	firstEnd  atomic.Pointer[event.CloseReason]
+	pumps     atomic.Int32 // directions still relaying
+
+	clientToUpstream, upstreamToClient pumpDir
+	killed                             atomic.Pointer[event.CloseReason]
+	firstEnd                           atomic.Pointer[event.CloseReason]
 }
 
 func (p *Proxy) newWSConn(client, upstream net.Conn, who event.Identity, extensions []string, tapped bool) *wsConn {
@@ -125,14 +128,20 @@ func (c *wsConn) run(fromClient, fromUpstream []byte, trace string) {
 		c.probeMu.Unlock()
 	}
 
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c.pump(c.upstream, c.client, fromUpstream, c.relayFromUpstream, event.CloseUpstreamGone, event.CloseClientGone)
-	}()
-	c.pump(c.client, c.upstream, fromClient, c.relayFromClient, event.CloseClientGone, event.CloseUpstreamGone)
-	<-done
+	// Each direction runs on its own goroutine; whichever ends last closes
+	// up. No goroutine waits for the other (one parked stack less per
+	// connection).
+	c.pumps.Store(2)
+	c.clientToUpstream = pumpDir{src: c.client, dst: c.upstream, relay: c.relayFromClient, srcGone: event.CloseClientGone, dstGone: event.CloseUpstreamGone}
+	c.upstreamToClient = pumpDir{src: c.upstream, dst: c.client, relay: c.relayFromUpstream, srcGone: event.CloseUpstreamGone, dstGone: event.CloseClientGone}
+	go c.pump(&c.upstreamToClient, fromUpstream)
+	c.pump(&c.clientToUpstream, fromClient)
+}
 
+// finish runs once, after both directions ended: it closes both sockets,
+// gives back the tap's buffers and reports the close.
+func (c *wsConn) finish() {
+	p := c.p
 	if c.probeTimer != nil {
 		c.probeTimer.Stop()
 	}
@@ -167,34 +176,68 @@ func (c *wsConn) run(fromClient, fromUpstream []byte, trace string) {
 	p.obs.ConnClosed(c.id, reason)
 }
 
-// pump reads src until it ends, handing each chunk to relay. On a clean end
-// of src it half-closes dst so the other direction can finish its close
-// handshake, bounded by linger.
-func (c *wsConn) pump(src, dst net.Conn, pending []byte, relay func(buf []byte, n int) error, srcGone, dstGone event.CloseReason) {
+// pumpDir is one direction of a connection: what pump needs to relay it.
+type pumpDir struct {
+	src, dst         net.Conn
+	relay            func(buf []byte, n int) error
+	srcGone, dstGone event.CloseReason
+	reader           *socketReader
+	fresh            bool // running on a goroutine started after the first messages
+}
+
+// pump relays one direction until it ends (see pumpLoop); the last
+// direction to end finishes the connection.
+func (c *wsConn) pump(d *pumpDir, pending []byte) {
 	if len(pending) > 0 {
 		buf := make([]byte, headroom+len(pending))
 		copy(buf[headroom:], pending)
-		if err := relay(buf, len(pending)); err != nil {
-			c.kill(dstGone)
+		if err := d.relay(buf, len(pending)); err != nil {
+			c.kill(d.dstGone)
+			c.pumpDone()
 			return
 		}
 	}
-	r := newSocketReader(src)
+	d.reader = newSocketReader(d.src)
+	c.pumpLoop(d)
+}
+
+func (c *wsConn) pumpDone() {
+	if c.pumps.Add(-1) == 0 {
+		c.finish()
+	}
+}
+
+// pumpLoop reads src until it ends, handing each chunk to relay. On a clean
+// end of src it half-closes dst so the other direction can finish its close
+// handshake, bounded by linger.
+//
+// The first messages of a connection take the deepest path (ids, rules,
+// the presence engine), which grows the goroutine's stack, and a parked
+// goroutine keeps its stack. So once the first data has passed, the loop
+// moves to a new goroutine, which starts small, and the old one ends.
+func (c *wsConn) pumpLoop(d *pumpDir) {
 	for {
-		bp, n, err := r.read()
+		bp, n, err := d.reader.read()
 		var werr error
 		if n > 0 {
-			werr = relay(*bp, n)
+			werr = d.relay(*bp, n)
 		}
 		if bp != nil {
 			relayBufs.Put(bp)
 		}
 		if werr != nil {
-			c.kill(dstGone)
+			c.kill(d.dstGone)
+			c.pumpDone()
 			return
 		}
 		if err != nil {
-			c.end(src, dst, srcGone, err)
+			c.end(d.src, d.dst, d.srcGone, err)
+			c.pumpDone()
+			return
+		}
+		if !d.fresh && n > 0 {
+			d.fresh = true
+			go c.pumpLoop(d)
 			return
 		}
 	}
