@@ -149,20 +149,21 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "presence-sidecar: too many connections", http.StatusServiceUnavailable)
 		return
 	}
+	// Ids from the request line, headers and cookies, read once.
+	who := event.Identity{SessionID: p.o.SessionFrom.fromRequest(r), BotID: p.o.BotFrom.fromRequest(r)}
 	if isUpgrade(r) {
-		r, span := p.startSpan(r, "proxy.upgrade")
+		r, span := p.startSpan(r, "proxy.upgrade", who)
 		defer span.End()
 		// The WebSocket's slot is released when the relay ends.
-		if !p.serveUpgrade(w, r, span) {
+		if !p.serveUpgrade(w, r, span, who) {
 			p.active.Add(-1)
 		}
 		return
 	}
 	defer p.active.Add(-1)
 	p.stats.HTTPRequests.Add(1)
-	r, span := p.startSpan(r, "proxy.http")
+	r, span := p.startSpan(r, "proxy.http", who)
 	defer span.End()
-	who := event.Identity{SessionID: p.o.SessionFrom.fromRequest(r), BotID: p.o.BotFrom.fromRequest(r)}
 	var tp string
 	if p.traced {
 		tp = tracectx.Format(trace.SpanContextFromContext(r.Context()))
@@ -182,7 +183,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // startSpan starts the server span of a request, continuing the client's
 // trace when it sent a traceparent. The returned request carries the span:
 // rewrite sends its context upstream.
-func (p *Proxy) startSpan(r *http.Request, name string) (*http.Request, trace.Span) {
+func (p *Proxy) startSpan(r *http.Request, name string, who event.Identity) (*http.Request, trace.Span) {
 	ctx := tracectx.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
 	ctx, span := tracectx.Start(ctx, p.tracer, name, trace.WithSpanKind(trace.SpanKindServer))
 	if span.IsRecording() {
@@ -195,11 +196,11 @@ func (p *Proxy) startSpan(r *http.Request, name string) (*http.Request, trace.Sp
 		if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 			attrs = append(attrs, semconv.ClientAddress(host))
 		}
-		if id := p.o.SessionFrom.fromRequest(r); id != "" {
-			attrs = append(attrs, semconv.SessionID(id))
+		if who.SessionID != "" {
+			attrs = append(attrs, semconv.SessionID(who.SessionID))
 		}
-		if id := p.o.BotFrom.fromRequest(r); id != "" {
-			attrs = append(attrs, AttrBotID.String(id))
+		if who.BotID != "" {
+			attrs = append(attrs, AttrBotID.String(who.BotID))
 		}
 		span.SetAttributes(attrs...)
 	}

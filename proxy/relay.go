@@ -348,6 +348,15 @@ func (r *socketReader) readFD(fd uintptr) bool {
 	}
 }
 
+// countFrames adds the frames a chunk ended: once per chunk, not per frame,
+// since the counters are shared by every connection.
+func (s *Stats) countFrames(dir event.Direction, n *int64) {
+	if *n > 0 {
+		s.Frames[dir].Add(*n)
+		*n = 0
+	}
+}
+
 // relayFromUpstream writes an upstream chunk to the client, slipping a
 // pending probe Ping in at a frame boundary.
 func (c *wsConn) relayFromUpstream(buf []byte, n int) error {
@@ -357,6 +366,7 @@ func (c *wsConn) relayFromUpstream(buf []byte, n int) error {
 	s.firstBoundary = -1
 	if c.tapped {
 		s.parser.Feed(chunk)
+		c.p.stats.countFrames(event.FromUpstream, &s.frames)
 	}
 	c.clientMu.Lock()
 	defer c.clientMu.Unlock()
@@ -504,6 +514,7 @@ func (c *wsConn) relayFromClient(buf []byte, n int) error {
 	}
 	s.held = 0
 	s.parser.Feed(chunk)
+	c.p.stats.countFrames(event.FromClient, &s.frames)
 	if s.err != nil {
 		return s.err
 	}
@@ -557,6 +568,7 @@ type clientSide struct {
 
 	held    int
 	heldBuf [maxHeld]byte
+	frames  int64 // frames ended in the current chunk
 }
 
 func (s *clientSide) flushHeld() {
@@ -578,7 +590,7 @@ func (s *clientSide) FrameHeader(h wsframe.Header, start int) {
 func (s *clientSide) FrameEnd(h wsframe.Header, end int, payload []byte) {
 	c := s.c
 	e := end + s.base
-	c.p.stats.Frames[event.FromClient].Add(1)
+	s.frames++
 	if s.candidate >= 0 {
 		if h.Opcode == wsframe.OpPong && c.isProbePong(payload) && s.err == nil {
 			// Drop our own Pong: send what came before it, skip it.
@@ -641,13 +653,14 @@ func toEvent(m wsframe.Message) event.Message {
 type upstreamSide struct {
 	c             *wsConn
 	parser        wsframe.Parser
-	firstBoundary int // first frame boundary in the current chunk, -1 if none
+	firstBoundary int   // first frame boundary in the current chunk, -1 if none
+	frames        int64 // frames ended in the current chunk
 }
 
 func (s *upstreamSide) FrameHeader(wsframe.Header, int) {}
 
 func (s *upstreamSide) FrameEnd(h wsframe.Header, end int, _ []byte) {
-	s.c.p.stats.Frames[event.FromUpstream].Add(1)
+	s.frames++
 	if s.firstBoundary < 0 {
 		s.firstBoundary = end
 	}

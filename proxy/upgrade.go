@@ -45,7 +45,7 @@ var handshakeReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(ni
 // connection was handed to a relay (which then owns the MaxConnections slot).
 // span is the upgrade's server span (r carries it); it ends when the
 // handshake is over, not with the connection.
-func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request, span trace.Span) bool {
+func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request, span trace.Span, who event.Identity) bool {
 	p.stats.Upgrades.Add(1)
 	// Handshakes in progress count for Shutdown until they become tracked
 	// connections (or fail); none starts once it began.
@@ -135,7 +135,6 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request, span trace.
 	fromClient := takeBuffered(cbuf.Reader)
 	fromUpstream := takeBuffered(br)
 
-	who := event.Identity{SessionID: p.o.SessionFrom.fromRequest(r), BotID: p.o.BotFrom.fromRequest(r)}
 	c := p.newWSConn(client, up, who, resp.Header["Sec-Websocket-Extensions"], isWebSocket(upgrade))
 	var tp string
 	if p.traced {
