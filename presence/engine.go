@@ -99,7 +99,7 @@ func reasonCode(s string) uint8 {
 	return reasonNone
 }
 
-// sess is one session's state in memory, kept small (112 bytes): times are
+// sess is one session's state in memory, kept small (104 bytes): times are
 // Unix nanoseconds, 0 meaning none.
 type sess struct {
 	id       string

@@ -181,9 +181,11 @@ func (e *Engine) ConnClosed(id event.ConnID, reason event.CloseReason) {
 	sh.mu.Lock()
 	if !s.gone && s.conns > 0 {
 		s.conns--
-		if s.conns == 0 && s.state == store.Present && e.settings(s.bot).Mode == ModeConnection {
-			s.seen = now
-			s.deadline = now + int64(e.settings(s.bot).CheckInterval)
+		if s.conns == 0 && s.state == store.Present {
+			if set := e.settings(s.bot); set.Mode == ModeConnection {
+				s.seen = now
+				s.deadline = now + int64(set.CheckInterval)
+			}
 		}
 		sh.markDirty(s)
 		e.rearm(sh, s) // arms the deadline, or the forget time of an absent session

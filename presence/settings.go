@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -60,11 +61,7 @@ type settingsJSON struct {
 // MarshalJSON uses the PRESENCE_BOTS_FILE names, with the interval as a Go
 // duration string ("2m0s") rather than nanoseconds.
 func (s Settings) MarshalJSON() ([]byte, error) {
-	m := s.Mode
-	if m == "" {
-		m = ModeConnection
-	}
-	return json.Marshal(settingsJSON{s.Enabled, s.CheckInterval.String(), s.ReturnMessage, m})
+	return json.Marshal(settingsJSON{s.Enabled, s.CheckInterval.String(), s.ReturnMessage, s.Mode.normal()})
 }
 
 // UnmarshalJSON reads what MarshalJSON writes (no validation).
@@ -170,13 +167,9 @@ func LoadBotsFile(path string, def Settings, allowAny bool) (map[string]store.Bo
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return nil, fmt.Errorf("not a JSON object of bot id to settings: %w", err)
 	}
-	ids := make([]string, 0, len(raw))
-	for id := range raw {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids) // the same file always reports the same first error
 	out := make(map[string]store.BotSettings, len(raw))
-	for _, id := range ids {
+	// In order, so that the same file always reports the same first error.
+	for _, id := range slices.Sorted(maps.Keys(raw)) {
 		if strings.TrimSpace(id) == "" {
 			return nil, errors.New("a bot id is empty")
 		}

@@ -225,12 +225,10 @@ func (b *Bolt) Commit(put []Session, forget []string, notes []Notification) erro
 
 func (b *Bolt) Attempted(n Notification) error {
 	return b.update(func(tx *bbolt.Tx) error {
-		seq, err := findOutbox(tx, n)
+		m, err := findOutbox(tx, n)
 		if err != nil {
 			return err
 		}
-		m := n
-		m.Seq = seq // the outbox position is the store's, not the caller's
 		return putOutbox(tx, m)
 	})
 }
@@ -238,12 +236,10 @@ func (b *Bolt) Attempted(n Notification) error {
 func (b *Bolt) Delivered(n Notification) error {
 	n = stampDelivered(n)
 	return b.update(func(tx *bbolt.Tx) error {
-		seq, err := findOutbox(tx, n)
+		m, err := findOutbox(tx, n)
 		if err != nil {
 			return err
 		}
-		m := n
-		m.Seq = seq
 		if err := deleteOutbox(tx, m); err != nil {
 			return err
 		}
@@ -256,12 +252,10 @@ func (b *Bolt) DeadLetter(n Notification) error {
 	var dropped []Notification // reset on every run of fn: a group may run it twice
 	err := b.update(func(tx *bbolt.Tx) error {
 		dropped = nil
-		seq, err := findOutbox(tx, n)
+		m, err := findOutbox(tx, n)
 		if err != nil {
 			return err
 		}
-		m := n
-		m.Seq = seq
 		if err := deleteOutbox(tx, m); err != nil {
 			return err
 		}
@@ -337,17 +331,8 @@ func (b *Bolt) PutBot(botID string, s BotSettings) error {
 
 func (b *Bolt) Sessions() ([]Session, error) {
 	var out []Session
-	err := b.db.View(func(tx *bbolt.Tx) error {
-		return tx.Bucket(bucketSessions).ForEach(func(k, v []byte) error {
-			var s Session
-			if err := decode(v, &s, "sessions", k); err != nil {
-				return err
-			}
-			out = append(out, s)
-			return nil
-		})
-	})
-	return out, b.wrapRead(err)
+	err := readAll(b, bucketSessions, func(_ []byte, s Session) { out = append(out, s) })
+	return out, err
 }
 
 func (b *Bolt) Pending() ([]Notification, error) {
@@ -380,33 +365,31 @@ func (b *Bolt) Recent(limit int) ([]Notification, error) {
 
 func (b *Bolt) Bots() (map[string]BotSettings, error) {
 	out := map[string]BotSettings{}
-	err := b.db.View(func(tx *bbolt.Tx) error {
-		return tx.Bucket(bucketBots).ForEach(func(k, v []byte) error {
-			var s BotSettings
-			if err := decode(v, &s, "bots", k); err != nil {
-				return err
-			}
-			out[string(k)] = s
-			return nil
-		})
-	})
-	return out, b.wrapRead(err)
+	err := readAll(b, bucketBots, func(k []byte, s BotSettings) { out[string(k)] = s })
+	return out, err
 }
 
 // list decodes a bucket of notifications in key order.
 func (b *Bolt) list(bucket []byte) ([]Notification, error) {
 	var out []Notification
+	err := readAll(b, bucket, func(_ []byte, n Notification) { out = append(out, n) })
+	return out, err
+}
+
+// readAll decodes every value of bucket in key order and hands it to add with
+// its key (valid only during the call).
+func readAll[T any](b *Bolt, bucket []byte, add func(k []byte, v T)) error {
 	err := b.db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucket).ForEach(func(k, v []byte) error {
-			var n Notification
-			if err := decode(v, &n, string(bucket), k); err != nil {
+			var x T
+			if err := decode(v, &x, string(bucket), k); err != nil {
 				return err
 			}
-			out = append(out, n)
+			add(k, x)
 			return nil
 		})
 	})
-	return out, b.wrapRead(err)
+	return b.wrapRead(err)
 }
 
 func (b *Bolt) wrapRead(err error) error {
@@ -527,9 +510,10 @@ func putOutbox(tx *bbolt.Tx, n Notification) error {
 	return tx.Bucket(bucketOutboxIDs).Put([]byte(n.ID), u64(n.Seq))
 }
 
-// findOutbox returns the Seq of the outbox entry n refers to: by n.Seq when
-// it holds n.ID (callers pass it: one lookup), else by the id index.
-func findOutbox(tx *bbolt.Tx, n Notification) (uint64, error) {
+// findOutbox finds the outbox entry n refers to and returns n with that
+// entry's Seq (the outbox position is the store's, not the caller's): by
+// n.Seq when it holds n.ID (callers pass it: one lookup), else by the id index.
+func findOutbox(tx *bbolt.Tx, n Notification) (Notification, error) {
 	ob := tx.Bucket(bucketOutbox)
 	if n.Seq != 0 {
 		if v := ob.Get(u64(n.Seq)); v != nil {
@@ -537,16 +521,17 @@ func findOutbox(tx *bbolt.Tx, n Notification) (uint64, error) {
 				ID string `json:"id"`
 			}
 			if json.Unmarshal(v, &head) == nil && head.ID == n.ID {
-				return n.Seq, nil
+				return n, nil
 			}
 		}
 	}
 	if k := tx.Bucket(bucketOutboxIDs).Get([]byte(n.ID)); len(k) == 8 {
 		if seq := binary.BigEndian.Uint64(k); ob.Get(k) != nil {
-			return seq, nil
+			n.Seq = seq
+			return n, nil
 		}
 	}
-	return 0, ErrNotFound
+	return Notification{}, ErrNotFound
 }
 
 func deleteOutbox(tx *bbolt.Tx, n Notification) error {

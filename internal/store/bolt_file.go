@@ -81,10 +81,8 @@ func create(dir, path string, opts boltOptions) error {
 		return fmt.Errorf("store: cannot create %s: %w", tmp, err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
-		for _, name := range allBuckets {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
+		if err := createBuckets(tx); err != nil {
+			return err
 		}
 		return tx.Bucket(bucketMeta).Put(keySchema, u64(schemaVersion))
 	})
@@ -273,9 +271,7 @@ func (b *Bolt) verify() (counts storeCounts, err error) {
 			}); err != nil {
 				return err
 			}
-			if v := tx.Bucket(bucketMeta).Get(keyDeadCount); len(v) == 8 {
-				deadCounted = binary.BigEndian.Uint64(v)
-			}
+			deadCounted = deadCount(tx)
 			return nil
 		})
 	})
@@ -306,10 +302,8 @@ func (b *Bolt) verify() (counts storeCounts, err error) {
 	// Buckets a later schema-compatible build added, and the dead-letter
 	// count (only the cap depends on it: repair it, don't refuse the file).
 	if err := b.db.Update(func(tx *bbolt.Tx) error {
-		for _, name := range allBuckets {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
+		if err := createBuckets(tx); err != nil {
+			return err
 		}
 		if deadCounted != uint64(counts.dead) {
 			return setDeadCount(tx, uint64(counts.dead))
@@ -319,6 +313,16 @@ func (b *Bolt) verify() (counts storeCounts, err error) {
 		return counts, fmt.Errorf("store: %s: %w", b.path, err)
 	}
 	return counts, nil
+}
+
+// createBuckets adds every bucket of the schema that tx lacks.
+func createBuckets(tx *bbolt.Tx) error {
+	for _, name := range allBuckets {
+		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // walk calls fn for every key of bk and of the buckets nested in it.

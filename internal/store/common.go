@@ -51,6 +51,14 @@ func stampDead(n Notification) Notification {
 	return n
 }
 
+// ResetForReplay gives a dead letter a fresh delivery schedule under its old id.
+func ResetForReplay(n Notification, seq uint64) Notification {
+	n.Seq, n.Attempts, n.LastError, n.LastStatus = seq, 0, "", 0
+	n.NextAttemptAt, n.DeadAt, n.DeliveredAt = time.Time{}, time.Time{}, time.Time{}
+	n.ReplayedAt = time.Now()
+	return n
+}
+
 // cloneBot copies the Enabled pointer so that a caller's later write through
 // it cannot change what the store holds.
 func cloneBot(s BotSettings) BotSettings {

@@ -4,11 +4,10 @@ import (
 	"slices"
 	"sort"
 	"sync"
-	"time"
 )
 
-// Memory is a Store that keeps everything in memory: for tests, and for
-// deployments that accept losing state on restart.
+// Memory is a Store that keeps everything in memory, for tests: it loses
+// its state on restart.
 type Memory struct {
 	mu        sync.Mutex
 	seq       uint64
@@ -91,16 +90,25 @@ func (m *Memory) remember(n Notification) {
 	}
 }
 
+// take removes n's entry from the outbox and returns n with that entry's Seq;
+// ok is false when there is none.
+func (m *Memory) take(n Notification) (_ Notification, ok bool) {
+	i := m.indexOf(n)
+	if i < 0 {
+		return n, false
+	}
+	n.Seq = m.outbox[i].Seq
+	m.outbox = slices.Delete(m.outbox, i, i+1)
+	return n, true
+}
+
 func (m *Memory) Delivered(n Notification) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	i := m.indexOf(n)
-	if i < 0 {
+	n, ok := m.take(stampDelivered(n))
+	if !ok {
 		return ErrNotFound
 	}
-	n = stampDelivered(n)
-	n.Seq = m.outbox[i].Seq
-	m.outbox = slices.Delete(m.outbox, i, i+1)
 	m.remember(n)
 	return nil
 }
@@ -108,13 +116,10 @@ func (m *Memory) Delivered(n Notification) error {
 func (m *Memory) DeadLetter(n Notification) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	i := m.indexOf(n)
-	if i < 0 {
+	n, ok := m.take(stampDead(n))
+	if !ok {
 		return ErrNotFound
 	}
-	n = stampDead(n)
-	n.Seq = m.outbox[i].Seq
-	m.outbox = slices.Delete(m.outbox, i, i+1)
 	m.dead = append(m.dead, n)
 	if len(m.dead) > m.deadLimit {
 		m.dead = slices.Delete(m.dead, 0, len(m.dead)-m.deadLimit)
@@ -146,14 +151,6 @@ func (m *Memory) Replay(id string) (Notification, error) {
 	n = ResetForReplay(n, m.seq)
 	m.outbox = append(m.outbox, n)
 	return n, nil
-}
-
-// ResetForReplay gives a dead letter a fresh delivery schedule under its old id.
-func ResetForReplay(n Notification, seq uint64) Notification {
-	n.Seq, n.Attempts, n.LastError, n.LastStatus = seq, 0, "", 0
-	n.NextAttemptAt, n.DeadAt, n.DeliveredAt = time.Time{}, time.Time{}, time.Time{}
-	n.ReplayedAt = time.Now()
-	return n
 }
 
 // Recent returns up to limit entries, newest first; limit <= 0 returns none.
