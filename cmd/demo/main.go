@@ -29,6 +29,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -119,7 +120,7 @@ Try it:
   ?session=ID opens an existing one, e.g. in a second tab.
   Watch the status page: the session goes present → absent → present.
 
-`, s.WebChatURL, s.ConsoleURL, status, c.AdminToken, modeOf(c.PresenceMode), c.PresenceCheckInterval, c.ProbeInterval,
+`, s.WebChatURL, s.ConsoleURL, status, c.AdminToken, c.PresenceMode, c.PresenceCheckInterval, c.ProbeInterval,
 		c.PresenceCheckInterval, returnText(c.PresenceReturnMessage))
 	if err := s.Wait(); err != nil {
 		fmt.Fprintf(stderr, "demo: %v\n", err)
@@ -189,19 +190,7 @@ func lookup(environ []string, key string) string {
 }
 
 func has(environ []string, key string) bool {
-	for _, kv := range environ {
-		if len(kv) > len(key) && kv[:len(key)+1] == key+"=" {
-			return true
-		}
-	}
-	return false
-}
-
-func modeOf(m string) string {
-	if m == "" {
-		return "connection"
-	}
-	return m
+	return slices.ContainsFunc(environ, func(kv string) bool { return strings.HasPrefix(kv, key+"=") })
 }
 
 func returnText(s string) string { return presence.Settings{ReturnMessage: s}.ReturnText() }

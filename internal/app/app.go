@@ -115,44 +115,26 @@ func Build(cfg config.Config, log *zap.Logger, tel *telemetry.Telemetry) (*App, 
 // tells the proxy what to look at.
 func (a *App) buildPresence(po *proxy.Options) error {
 	cfg := a.cfg
+	// Validated by config; the errors only matter to a Config not from Load.
 	var err error
-	if po.SessionFrom, err = proxy.ParseSources("SESSION_ID_FROM", cfg.SessionIDFrom); err != nil {
+	if po.SessionFrom, po.BotFrom, err = cfg.IDSources(); err != nil {
 		return err
 	}
-	if po.BotFrom, err = proxy.ParseSources("BOT_ID_FROM", cfg.BotIDFrom); err != nil {
+	r, err := cfg.PresenceRules()
+	if err != nil {
 		return err
 	}
-	ruleSets := map[string]*rules.Set{}
-	var ignore, start, end rules.Set
-	for name, r := range map[string]struct {
-		dst *rules.Set
-		src string
-	}{
-		"PRESENCE_IGNORE":     {&ignore, cfg.PresenceIgnore},
-		"HANDOFF_START_MATCH": {&start, cfg.HandoffStartMatch},
-		"HANDOFF_END_MATCH":   {&end, cfg.HandoffEndMatch},
-	} {
-		s, err := rules.Parse(r.src, event.FromClient)
-		if err != nil {
-			return fmt.Errorf("%s=%q: %w", name, r.src, err)
-		}
-		*r.dst = s
-		ruleSets[name] = r.dst
-	}
-	for _, s := range ruleSets {
+	for _, s := range []rules.Set{r.Ignore, r.HandoffStart, r.HandoffEnd} {
 		po.InspectClient = po.InspectClient || s.Has(event.FromClient)
 		po.InspectServer = po.InspectServer || s.Has(event.FromUpstream)
 	}
 	detect, _ := cfg.HandoffDetection() // validated by config
-	defaults := cfg.PresenceDefaults()
 	if cfg.PresenceAllowAny {
 		a.log.Warn("PRESENCE_ALLOW_ANY_INTERVAL=true: the 1m–10m range of check intervals is lifted; meant for tests and demos")
 	}
-	var bots map[string]store.BotSettings
-	if cfg.PresenceBotsFile != "" {
-		if bots, err = presence.LoadBotsFile(cfg.PresenceBotsFile, defaults, cfg.PresenceAllowAny); err != nil {
-			return fmt.Errorf("PRESENCE_BOTS_FILE=%q: %w", cfg.PresenceBotsFile, err)
-		}
+	bots, err := cfg.PresenceBots()
+	if err != nil {
+		return err
 	}
 
 	st, err := store.OpenBolt(cfg.DataDir, a.log.Named("store"))
@@ -179,15 +161,15 @@ func (a *App) buildPresence(po *proxy.Options) error {
 		return err
 	}
 	a.engine, err = presence.New(presence.Options{
-		Defaults:         defaults,
+		Defaults:         cfg.PresenceDefaults(),
 		AllowAnyInterval: cfg.PresenceAllowAny,
 		Bots:             bots,
 		Store:            st,
 		Log:              a.log.Named("presence"),
-		Detect:           presence.Detect{Always: detect.Always, Rules: detect.Rules, API: detect.API},
-		HandoffStart:     start,
-		HandoffEnd:       end,
-		Ignore:           ignore,
+		Detect:           presence.Detect(detect),
+		HandoffStart:     r.HandoffStart,
+		HandoffEnd:       r.HandoffEnd,
+		Ignore:           r.Ignore,
 		ForgetAfter:      cfg.PresenceForgetAfter,
 		Wake:             a.deliverer.Wake,
 		Tracer:           a.tel.Tracer,

@@ -37,6 +37,9 @@ const (
 	mDeliveryLatency     = "presence_sidecar.delivery_latency"
 )
 
+// meterName is the instrumentation scope of every instrument.
+const meterName = "github.com/presence-sidecar/presence-sidecar"
+
 // latencyBuckets suit a webhook: a fast platform answers in milliseconds,
 // HANDOFF_TIMEOUT (10 s by default) ends the slowest.
 var latencyBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
@@ -52,32 +55,28 @@ type metrics struct {
 }
 
 func newMetrics(m metric.MeterProvider) (*metrics, error) {
-	meter := m.Meter("github.com/presence-sidecar/presence-sidecar")
-	var x metrics
-	var err, e error
-	x.notifications, e = meter.Int64Counter(mNotifications, metric.WithUnit("{notification}"),
+	meter := m.Meter(meterName)
+	notifications, errN := meter.Int64Counter(mNotifications, metric.WithUnit("{notification}"),
 		metric.WithDescription("Delivery attempts of notifications, by kind (client.offline, client.online) and outcome (delivered, retry, dead)."))
-	err = errors.Join(err, e)
-	x.latency, e = meter.Float64Histogram(mDeliveryLatency, metric.WithUnit("s"),
+	latency, errL := meter.Float64Histogram(mDeliveryLatency, metric.WithUnit("s"),
 		metric.WithDescription("Time of a webhook's HTTP exchange with the human-service platform, by kind and outcome."),
 		metric.WithExplicitBucketBoundaries(latencyBuckets...))
-	err = errors.Join(err, e)
-	return &x, err
+	return &metrics{notifications: notifications, latency: latency}, errors.Join(errN, errL)
 }
 
 // delivery is handoff.Options.Observe.
 func (x *metrics) delivery(o handoff.Outcome) {
-	attrs := metric.WithAttributeSet(attribute.NewSet(attribute.String("kind", string(o.Kind)), attribute.String("outcome", string(o.Result))))
+	kindOutcome := metric.WithAttributeSet(attribute.NewSet(attribute.String("kind", string(o.Kind)), attribute.String("outcome", string(o.Result))))
 	ctx := context.Background()
-	x.notifications.Add(ctx, 1, attrs)
+	x.notifications.Add(ctx, 1, kindOutcome)
 	if o.Status != 0 || o.Latency > 0 { // an HTTP exchange took place
-		x.latency.Record(ctx, o.Latency.Seconds(), attrs)
+		x.latency.Record(ctx, o.Latency.Seconds(), kindOutcome)
 	}
 }
 
 var (
-	dirClient = metric.WithAttributeSet(attribute.NewSet(attribute.String("direction", event.FromClient.String())))
-	dirServer = metric.WithAttributeSet(attribute.NewSet(attribute.String("direction", event.FromUpstream.String())))
+	dirClient = attrs("direction", event.FromClient.String())
+	dirServer = attrs("direction", event.FromUpstream.String())
 )
 
 func attrs(k, v string) metric.MeasurementOption {
@@ -87,7 +86,7 @@ func attrs(k, v string) metric.MeasurementOption {
 // observe registers the observable instruments over the proxy and, when
 // presence is on, the engine and the deliverer.
 func (x *metrics) observe(m metric.MeterProvider, p *proxy.Proxy, e *presence.Engine, d *handoff.Deliverer) error {
-	meter := m.Meter("github.com/presence-sidecar/presence-sidecar")
+	meter := m.Meter(meterName)
 	var errs []error
 	gauge := func(name, unit, desc string) metric.Int64ObservableGauge {
 		g, err := meter.Int64ObservableGauge(name, metric.WithUnit(unit), metric.WithDescription(desc))

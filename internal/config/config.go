@@ -7,8 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -16,6 +16,7 @@ import (
 
 	"github.com/presence-sidecar/presence-sidecar/handoff"
 	"github.com/presence-sidecar/presence-sidecar/internal/rules"
+	"github.com/presence-sidecar/presence-sidecar/internal/store"
 	"github.com/presence-sidecar/presence-sidecar/presence"
 	"github.com/presence-sidecar/presence-sidecar/proxy"
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
@@ -83,19 +84,21 @@ func Load(environ []string) (Config, error) {
 	return c, c.validate()
 }
 
-// FromEnv is Load(os.Environ()).
-func FromEnv() (Config, error) { return Load(os.Environ()) }
-
 // Vars lists every variable the sidecar knows with its default and description.
 func Vars() []Var {
 	var out []Var
 	t := reflect.TypeOf(Config{})
 	for i := range t.NumField() {
 		f := t.Field(i)
-		name, _, _ := strings.Cut(f.Tag.Get("env"), ",")
-		out = append(out, Var{Name: name, Default: f.Tag.Get("envDefault"), Desc: f.Tag.Get("desc"), Required: strings.Contains(f.Tag.Get("env"), ",required")})
+		out = append(out, Var{Name: varName(f), Default: f.Tag.Get("envDefault"), Desc: f.Tag.Get("desc"), Required: strings.Contains(f.Tag.Get("env"), ",required")})
 	}
 	return out
+}
+
+// varName is the variable a Config field is read from.
+func varName(f reflect.StructField) string {
+	name, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+	return name
 }
 
 // Var describes one environment variable.
@@ -119,7 +122,7 @@ func explain(err error, vars map[string]string) error {
 		switch {
 		case errors.As(e, &pe):
 			f, _ := t.FieldByName(pe.Name)
-			name, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+			name := varName(f)
 			msgs = append(msgs, fmt.Sprintf("%s=%q: %s", name, vars[name], allowedFor(pe.Type)))
 		case errors.As(e, &unset):
 			msgs = append(msgs, fmt.Sprintf("%s is required but not set", unset.Key))
@@ -230,29 +233,69 @@ func (c Config) validate() error {
 // made, not the day someone turns presence on.
 func (c Config) validatePresenceInputs() []error {
 	var errs []error
-	for _, v := range []struct{ name, value string }{{"SESSION_ID_FROM", c.SessionIDFrom}, {"BOT_ID_FROM", c.BotIDFrom}} {
-		if _, err := proxy.ParseSources(v.name, v.value); err != nil {
-			errs = append(errs, err)
-		}
+	if _, _, err := c.IDSources(); err != nil {
+		errs = append(errs, err)
 	}
-	for _, v := range []struct{ name, value string }{
-		{"PRESENCE_IGNORE", c.PresenceIgnore}, {"HANDOFF_START_MATCH", c.HandoffStartMatch}, {"HANDOFF_END_MATCH", c.HandoffEndMatch},
-	} {
-		if _, err := rules.Parse(v.value, event.FromClient); err != nil {
-			errs = append(errs, bad(v.name, v.value, err.Error()))
-		}
+	if _, err := c.PresenceRules(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.HandoffSigningSecret != "" {
 		if _, err := handoff.DecodeSecret(c.HandoffSigningSecret); err != nil {
 			errs = append(errs, fmt.Errorf("HANDOFF_SIGNING_SECRET (value hidden): %v", err))
 		}
 	}
-	if c.PresenceBotsFile != "" && c.PresenceCheckInterval > 0 {
-		if _, err := presence.LoadBotsFile(c.PresenceBotsFile, c.PresenceDefaults(), c.PresenceAllowAny); err != nil {
-			errs = append(errs, fmt.Errorf("PRESENCE_BOTS_FILE=%q: %w", c.PresenceBotsFile, err))
+	if c.PresenceCheckInterval > 0 { // else refused above; the file is read against that default
+		if _, err := c.PresenceBots(); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errs
+}
+
+// IDSources parses SESSION_ID_FROM and BOT_ID_FROM.
+func (c Config) IDSources() (session, bot proxy.Sources, err error) {
+	session, errSession := proxy.ParseSources("SESSION_ID_FROM", c.SessionIDFrom)
+	bot, errBot := proxy.ParseSources("BOT_ID_FROM", c.BotIDFrom)
+	return session, bot, errors.Join(errSession, errBot)
+}
+
+// Rules are the parsed PRESENCE_IGNORE, HANDOFF_START_MATCH and
+// HANDOFF_END_MATCH.
+type Rules struct{ Ignore, HandoffStart, HandoffEnd rules.Set }
+
+// PresenceRules parses PRESENCE_IGNORE, HANDOFF_START_MATCH and
+// HANDOFF_END_MATCH (a rule without a direction looks at the client's frames).
+func (c Config) PresenceRules() (Rules, error) {
+	var r Rules
+	var errs []error
+	for _, v := range []struct {
+		name, value string
+		dst         *rules.Set
+	}{
+		{"PRESENCE_IGNORE", c.PresenceIgnore, &r.Ignore},
+		{"HANDOFF_START_MATCH", c.HandoffStartMatch, &r.HandoffStart},
+		{"HANDOFF_END_MATCH", c.HandoffEndMatch, &r.HandoffEnd},
+	} {
+		s, err := rules.Parse(v.value, event.FromClient)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q: %w", v.name, v.value, err))
+			continue
+		}
+		*v.dst = s
+	}
+	return r, errors.Join(errs...)
+}
+
+// PresenceBots reads PRESENCE_BOTS_FILE (nil when it is not set).
+func (c Config) PresenceBots() (map[string]store.BotSettings, error) {
+	if c.PresenceBotsFile == "" {
+		return nil, nil
+	}
+	bots, err := presence.LoadBotsFile(c.PresenceBotsFile, c.PresenceDefaults(), c.PresenceAllowAny)
+	if err != nil {
+		return nil, fmt.Errorf("PRESENCE_BOTS_FILE=%q: %w", c.PresenceBotsFile, err)
+	}
+	return bots, nil
 }
 
 // PresenceDefaults are the presence settings the environment gives every bot.
@@ -295,11 +338,4 @@ func redactURL(raw string) string {
 	return "(unparsable URL)"
 }
 
-func oneOf(v string, allowed ...string) bool {
-	for _, a := range allowed {
-		if v == a {
-			return true
-		}
-	}
-	return false
-}
+func oneOf(v string, allowed ...string) bool { return slices.Contains(allowed, v) }

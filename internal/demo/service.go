@@ -2,7 +2,7 @@
 // service that speaks its WebChat socket protocol and serves a WebChat page,
 // and an agent console that receives the sidecar's notifications the way a
 // human-service platform would. `go run ./cmd/demo` and the browser tests
-// (e2e/) run both with the sidecar in front of the service.
+// (internal/demo/browsertest) run both with the sidecar in front of the service.
 //
 // The socket protocol (the seed's English notes):
 //

@@ -82,10 +82,13 @@ type Stack struct {
 func Start(ctx context.Context, o StackOptions) (*Stack, error) {
 	s := &Stack{done: make(chan error, 1)}
 	var cleanup []func()
-	fail := func(err error) (*Stack, error) {
+	undo := func() {
 		for i := len(cleanup) - 1; i >= 0; i-- {
 			cleanup[i]()
 		}
+	}
+	fail := func(err error) (*Stack, error) {
+		undo()
 		return nil, err
 	}
 	dataDir := o.DataDir
@@ -174,9 +177,7 @@ func Start(ctx context.Context, o StackOptions) (*Stack, error) {
 	go func() {
 		err := <-served // returns after ctx ends and the sidecar drained
 		stopOthers()
-		for i := len(cleanup) - 1; i >= 0; i-- {
-			cleanup[i]()
-		}
+		undo()
 		s.done <- err
 	}()
 	return s, nil

@@ -165,7 +165,7 @@ type data struct {
 	Errors        []string
 	Default       presence.Settings
 	DefaultReturn string
-	Probe         string // "every 25s, timeout 20s" or "off"
+	Probe         string // "every 25s, answer within 20s" or "off"
 	HandoffURL    string // redacted
 	Detect        string
 }
@@ -181,7 +181,7 @@ type sessionRow struct {
 	AbsentFor    string
 	Reason       string
 	Episode      uint64
-	DeadlineIn   string // "in 4s" while a deadline is armed
+	DeadlineIn   string // "absent in 4s unless seen" while a deadline is armed
 	Mode         string
 	Interval     string
 	Monitored    bool
@@ -280,14 +280,14 @@ func (p *page) data(refresh time.Duration) data {
 				if i >= p.o.MaxNotifications {
 					break
 				}
-				d.PendingNotes = append(d.PendingNotes, note(n, now))
+				d.PendingNotes = append(d.PendingNotes, p.note(n, now))
 			}
 		}
 		if rec, err := p.o.Store.Recent(p.o.MaxNotifications); err != nil {
 			d.Errors = append(d.Errors, "recent notifications: "+err.Error())
 		} else {
 			for _, n := range rec {
-				d.RecentNotes = append(d.RecentNotes, note(n, now))
+				d.RecentNotes = append(d.RecentNotes, p.note(n, now))
 			}
 		}
 		if dead, err := p.o.Store.DeadLetters(); err != nil {
@@ -296,7 +296,7 @@ func (p *page) data(refresh time.Duration) data {
 			d.DeadCount = len(dead)
 			// Newest first, like the recent list.
 			for i := len(dead) - 1; i >= 0 && len(d.DeadNotes) < p.o.MaxNotifications; i-- {
-				d.DeadNotes = append(d.DeadNotes, note(dead[i], now))
+				d.DeadNotes = append(d.DeadNotes, p.note(dead[i], now))
 			}
 		}
 		if stored, err := p.o.Store.Bots(); err != nil {
@@ -314,7 +314,7 @@ func (p *page) data(refresh time.Duration) data {
 	return d
 }
 
-func note(n store.Notification, now time.Time) noteRow {
+func (p *page) note(n store.Notification, now time.Time) noteRow {
 	r := noteRow{
 		ID: n.ID, Kind: string(n.Kind), Session: n.SessionID, Bot: n.BotID, Episode: n.Episode,
 		Attempts: n.Attempts, Status: n.LastStatus, Error: n.LastError, Created: n.CreatedAt,
@@ -322,9 +322,9 @@ func note(n store.Notification, now time.Time) noteRow {
 	}
 	switch n.Kind {
 	case store.KindOffline:
-		r.Route = "/expire"
+		r.Route = p.o.Config.HandoffExpirePath
 	case store.KindOnline:
-		r.Route = "/message"
+		r.Route = p.o.Config.HandoffMessagePath
 	}
 	switch {
 	case !n.DeliveredAt.IsZero():

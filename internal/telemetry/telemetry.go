@@ -199,7 +199,7 @@ func New(tp trace.TracerProvider, res *resource.Resource, readers ...sdkmetric.R
 		Meter:    mp,
 		metrics:  promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 		shutdown: []func(context.Context) error{mp.Shutdown},
-		summary:  "traces: off; metrics: /metrics",
+		summary:  exportPlan{}.String(), // nothing exported; Setup replaces it
 	}, nil
 }
 

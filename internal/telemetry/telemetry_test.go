@@ -61,7 +61,7 @@ func TestResource(t *testing.T) {
 		}
 		m := map[string]string{}
 		for _, kv := range res.Attributes() {
-			m[string(kv.Key)] = kv.Value.Emit()
+			m[string(kv.Key)] = kv.Value.String()
 		}
 		return m
 	}
