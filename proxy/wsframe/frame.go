@@ -67,13 +67,15 @@
 //
 // A Parser is used by one goroutine: its methods must not be called
 // concurrently. Handler methods are called synchronously from Feed, on the
-// caller's goroutine; they may call AtBoundary, Pending, Failed and Release (Feed then returns at once), but not Feed or Init. Release must be
-// called when the connection ends, also after a panic (defer it): it stops an
+// caller's goroutine; they may call AtBoundary, Pending, Failed and Release
+// (Feed then returns at once), but not Feed or Init. Release must be called
+// when the connection ends, also after a panic (defer it): it stops an
 // inflating goroutine, which would otherwise wait forever, and returns pooled
 // buffers.
 package wsframe
 
 import (
+	"encoding/binary"
 	"errors"
 	"math"
 	"strconv"
@@ -317,7 +319,7 @@ func (p *Parser) Feed(chunk []byte) {
 				p.endFrame(seg, i)
 			}
 		case stHeader:
-			if p.hpos == 0 && len(chunk)-i >= maxHeaderLen {
+			if rest := len(chunk) - i; p.hpos == 0 && (rest >= maxHeaderLen || rest >= 2 && rest >= headerLen(chunk[i+1])) {
 				// The whole header is in this chunk: skip the byte machine.
 				n, err := p.readHeader(chunk[i:])
 				if err != nil {
@@ -376,19 +378,25 @@ func (p *Parser) checkSecond(c byte) (hlen uint8, err error) {
 	if p.hdr.Opcode.IsControl() && n > maxControlPayload {
 		return 0, ErrControlTooLong
 	}
-	switch n {
-	case 126:
-		hlen = 4
-	case 127:
-		hlen = 10
-	default:
-		hlen = 2
+	if n < 126 {
 		p.hdr.Length = int64(n)
 	}
-	if p.hdr.Masked {
-		hlen += 4
+	return uint8(headerLen(c)), nil
+}
+
+// headerLen returns the length of a header whose byte 1 is c.
+func headerLen(c byte) int {
+	n := 2
+	switch c & 0x7f {
+	case 126:
+		n = 4
+	case 127:
+		n = 10
 	}
-	return hlen, nil
+	if c&0x80 != 0 {
+		n += 4
+	}
+	return n
 }
 
 func (p *Parser) setFirst(c byte) {
@@ -433,8 +441,8 @@ func (p *Parser) headerByte(c byte) error {
 	return nil
 }
 
-// readHeader reads a whole header from b, which holds at least maxHeaderLen
-// bytes. It checks what headerByte checks, in the same order.
+// readHeader reads a whole header from b, which holds at least the whole
+// header. It checks what headerByte checks, in the same order.
 func (p *Parser) readHeader(b []byte) (int, error) {
 	p.setFirst(b[0])
 	if err := p.checkFirst(); err != nil {
@@ -447,15 +455,12 @@ func (p *Parser) readHeader(b []byte) (int, error) {
 	i := 2
 	switch b[1] & 0x7f {
 	case 126:
-		p.hdr.Length = int64(b[2])<<8 | int64(b[3])
+		p.hdr.Length = int64(binary.BigEndian.Uint16(b[2:]))
 		i = 4
 	case 127:
-		if b[2]&0x80 != 0 {
+		l := binary.BigEndian.Uint64(b[2:])
+		if l>>63 != 0 {
 			return 0, ErrLengthOverflow
-		}
-		var l uint64
-		for _, c := range b[2:10] {
-			l = l<<8 | uint64(c)
 		}
 		p.hdr.Length = int64(l)
 		i = 10
