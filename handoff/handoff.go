@@ -35,8 +35,8 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 	"go.uber.org/zap"
 
-	"github.com/presence-sidecar/presence-sidecar/internal/store"
-	"github.com/presence-sidecar/presence-sidecar/internal/tracectx"
+	"github.com/presence-sidecar/presence-sidecar/store"
+	"github.com/presence-sidecar/presence-sidecar/tracectx"
 )
 
 // Defaults, as documented in SPEC §5.

@@ -9,8 +9,8 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/presence-sidecar/presence-sidecar/internal/store"
-	"github.com/presence-sidecar/presence-sidecar/internal/tracectx"
+	"github.com/presence-sidecar/presence-sidecar/store"
+	"github.com/presence-sidecar/presence-sidecar/tracectx"
 )
 
 // TestAttemptSpans: every attempt is a client span, a child of the

@@ -9,7 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/presence-sidecar/presence-sidecar/internal/store"
+	"github.com/presence-sidecar/presence-sidecar/store"
 )
 
 // ErrAPIDisabled is returned by SetHandoff when HANDOFF_DETECT lacks api.

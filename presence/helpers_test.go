@@ -9,9 +9,9 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/presence-sidecar/presence-sidecar/internal/rules"
-	"github.com/presence-sidecar/presence-sidecar/internal/store"
+	"github.com/presence-sidecar/presence-sidecar/presence/rules"
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
+	"github.com/presence-sidecar/presence-sidecar/store"
 )
 
 type fakeClock struct {

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/presence-sidecar/presence-sidecar/internal/store"
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
+	"github.com/presence-sidecar/presence-sidecar/store"
 )
 
 // checkOutbox asserts invariants 2 and 3 over an outbox: at most one

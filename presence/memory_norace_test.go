@@ -11,8 +11,8 @@ import (
 	"runtime"
 	"testing"
 
-	"github.com/presence-sidecar/presence-sidecar/internal/store"
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
+	"github.com/presence-sidecar/presence-sidecar/store"
 )
 
 // TestMemoryPerSession reports the engine's memory per tracked session.

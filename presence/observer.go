@@ -1,8 +1,8 @@
 package presence
 
 import (
-	"github.com/presence-sidecar/presence-sidecar/internal/store"
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
+	"github.com/presence-sidecar/presence-sidecar/store"
 )
 
 // The event.Observer methods below sit on the proxy's data path: they take

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/presence-sidecar/presence-sidecar/internal/store"
+	"github.com/presence-sidecar/presence-sidecar/store"
 )
 
 // Mode says what counts as presence.

@@ -8,7 +8,7 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/presence-sidecar/presence-sidecar/internal/tracectx"
+	"github.com/presence-sidecar/presence-sidecar/tracectx"
 )
 
 // Span names of the transitions.

@@ -6,9 +6,9 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
-	"github.com/presence-sidecar/presence-sidecar/internal/store"
-	"github.com/presence-sidecar/presence-sidecar/internal/tracectx"
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
+	"github.com/presence-sidecar/presence-sidecar/store"
+	"github.com/presence-sidecar/presence-sidecar/tracectx"
 )
 
 const (

@@ -25,8 +25,8 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 	"go.uber.org/zap"
 
-	"github.com/presence-sidecar/presence-sidecar/internal/tracectx"
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
+	"github.com/presence-sidecar/presence-sidecar/tracectx"
 )
 
 // Options configure a Proxy.

@@ -9,7 +9,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/presence-sidecar/presence-sidecar/internal/tracectx"
+	"github.com/presence-sidecar/presence-sidecar/tracectx"
 )
 
 const clientTrace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

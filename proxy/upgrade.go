@@ -19,8 +19,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
-	"github.com/presence-sidecar/presence-sidecar/internal/tracectx"
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
+	"github.com/presence-sidecar/presence-sidecar/tracectx"
 )
 
 // hopByHop are the connection-specific headers of RFC 9110 section 7.6.1;

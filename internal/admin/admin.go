@@ -12,8 +12,8 @@ import (
 	"sync/atomic"
 
 	"github.com/presence-sidecar/presence-sidecar/handoff"
-	"github.com/presence-sidecar/presence-sidecar/internal/store"
 	"github.com/presence-sidecar/presence-sidecar/presence"
+	"github.com/presence-sidecar/presence-sidecar/store"
 )
 
 // Server holds what the admin listener shows and changes. Engine and

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/presence-sidecar/presence-sidecar/internal/store"
 	"github.com/presence-sidecar/presence-sidecar/presence"
+	"github.com/presence-sidecar/presence-sidecar/store"
 )
 
 func newEngine(t *testing.T, st store.Store) *presence.Engine {

@@ -20,13 +20,13 @@ import (
 	"github.com/presence-sidecar/presence-sidecar/handoff"
 	"github.com/presence-sidecar/presence-sidecar/internal/admin"
 	"github.com/presence-sidecar/presence-sidecar/internal/config"
-	"github.com/presence-sidecar/presence-sidecar/internal/rules"
 	"github.com/presence-sidecar/presence-sidecar/internal/status"
-	"github.com/presence-sidecar/presence-sidecar/internal/store"
 	"github.com/presence-sidecar/presence-sidecar/internal/telemetry"
 	"github.com/presence-sidecar/presence-sidecar/presence"
+	"github.com/presence-sidecar/presence-sidecar/presence/rules"
 	"github.com/presence-sidecar/presence-sidecar/proxy"
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
+	"github.com/presence-sidecar/presence-sidecar/store"
 )
 
 // NewLogger builds the zap logger LOG_LEVEL and LOG_FORMAT ask for.

@@ -15,11 +15,11 @@ import (
 	"github.com/caarlos0/env/v11"
 
 	"github.com/presence-sidecar/presence-sidecar/handoff"
-	"github.com/presence-sidecar/presence-sidecar/internal/rules"
-	"github.com/presence-sidecar/presence-sidecar/internal/store"
 	"github.com/presence-sidecar/presence-sidecar/presence"
+	"github.com/presence-sidecar/presence-sidecar/presence/rules"
 	"github.com/presence-sidecar/presence-sidecar/proxy"
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
+	"github.com/presence-sidecar/presence-sidecar/store"
 )
 
 // Config is the whole environment of the sidecar. The desc tags feed the

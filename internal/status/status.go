@@ -28,8 +28,8 @@ import (
 	"time"
 
 	"github.com/presence-sidecar/presence-sidecar/internal/config"
-	"github.com/presence-sidecar/presence-sidecar/internal/store"
 	"github.com/presence-sidecar/presence-sidecar/presence"
+	"github.com/presence-sidecar/presence-sidecar/store"
 )
 
 //go:embed page.html

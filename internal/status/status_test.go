@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/presence-sidecar/presence-sidecar/internal/config"
-	"github.com/presence-sidecar/presence-sidecar/internal/store"
 	"github.com/presence-sidecar/presence-sidecar/presence"
+	"github.com/presence-sidecar/presence-sidecar/store"
 )
 
 var now = time.Date(2026, 5, 4, 12, 0, 0, 0, time.UTC)

@@ -32,9 +32,9 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/presence-sidecar/presence-sidecar/internal/demo"
-	"github.com/presence-sidecar/presence-sidecar/internal/store"
 	"github.com/presence-sidecar/presence-sidecar/internal/testutil"
 	"github.com/presence-sidecar/presence-sidecar/presence"
+	"github.com/presence-sidecar/presence-sidecar/store"
 )
 
 const (

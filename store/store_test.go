@@ -7,8 +7,8 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
-	"github.com/presence-sidecar/presence-sidecar/internal/store"
-	"github.com/presence-sidecar/presence-sidecar/internal/store/storetest"
+	"github.com/presence-sidecar/presence-sidecar/store"
+	"github.com/presence-sidecar/presence-sidecar/store/storetest"
 )
 
 // The same table of behaviours runs against every store.

@@ -22,8 +22,8 @@ import (
 	"go.etcd.io/bbolt"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/presence-sidecar/presence-sidecar/internal/store"
-	"github.com/presence-sidecar/presence-sidecar/internal/store/storetest"
+	"github.com/presence-sidecar/presence-sidecar/store"
+	"github.com/presence-sidecar/presence-sidecar/store/storetest"
 )
 
 func must(t testing.TB, err error) {

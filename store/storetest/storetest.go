@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/presence-sidecar/presence-sidecar/internal/store"
+	"github.com/presence-sidecar/presence-sidecar/store"
 )
 
 // Open returns a new, empty store; the suite closes it.
