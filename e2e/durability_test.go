@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/presence-sidecar/presence-sidecar/internal/testutil"
 )
 
 // restart starts a new sidecar on the same data directory and addresses.
@@ -83,7 +84,7 @@ func TestKill9WhileUndeliveredSameWebhookID(t *testing.T) {
 	<-up.links
 	sc.api("PUT", "/v1/sessions/k-c/handoff", nil)
 	closeClean(c)
-	waitFor(t, 5*time.Second, "a refused delivery attempt", func() bool { return len(pf.all()) >= 2 })
+	testutil.Eventually(t, 5*time.Second, "a refused delivery attempt", func() bool { return len(pf.all()) >= 2 })
 	first := pf.all()[0].id()
 	sc.kill9()
 
@@ -128,13 +129,13 @@ func TestKill9DuringBurstOf1000Absences(t *testing.T) {
 	for _, c := range conns {
 		c.Close()
 	}
-	waitFor(t, 20*time.Second, "some deliveries", func() bool { return len(pf.all()) >= n/5 })
+	testutil.Eventually(t, 20*time.Second, "some deliveries", func() bool { return len(pf.all()) >= n/5 })
 	sc.kill9()
 	before := len(pf.all())
 	restart(t, sc, env)
 
 	ids := map[string]map[string]bool{}
-	waitFor(t, 60*time.Second, "every session's /expire", func() bool {
+	testutil.Eventually(t, 60*time.Second, "every session's /expire", func() bool {
 		for _, h := range pf.all() {
 			if ids[h.session()] == nil {
 				ids[h.session()] = map[string]bool{}
@@ -167,7 +168,7 @@ func TestDeadLetterAndReplay(t *testing.T) {
 			SessionID string `json:"sessionId"`
 		} `json:"notifications"`
 	}
-	waitFor(t, 5*time.Second, "a dead letter", func() bool {
+	testutil.Eventually(t, 5*time.Second, "a dead letter", func() bool {
 		_, body := sc.api("GET", "/v1/notifications/dead", nil)
 		json.Unmarshal(body, &dead)
 		return len(dead.Notifications) == 1

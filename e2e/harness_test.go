@@ -376,15 +376,4 @@ func verifySignature(t testing.TB, secret string, h hook) {
 	t.Fatalf("signature %q does not verify (want %q)", h.Header.Get("webhook-signature"), want)
 }
 
-func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 var _ = context.Background

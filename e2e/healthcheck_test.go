@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/presence-sidecar/presence-sidecar/internal/testutil"
 )
 
 // The container image's HEALTHCHECK runs the binary's own check.
@@ -39,7 +41,7 @@ func TestClientSocketsHaveTCPKeepAlive(t *testing.T) {
 	_, clientPort, _ := net.SplitHostPort(c.LocalAddr().String())
 	// The kernel lists the connection before the sidecar accepts it (and
 	// sets the option): wait for the keep-alive timer, fail if it never comes.
-	waitFor(t, 3*time.Second, "the keep-alive timer (02) on the sidecar's side of the client socket in /proc/net/tcp", func() bool {
+	testutil.Eventually(t, 3*time.Second, "the keep-alive timer (02) on the sidecar's side of the client socket in /proc/net/tcp", func() bool {
 		timer, ok := tcpTimer(t, sidecarPort, clientPort)
 		return ok && timer == "02"
 	})

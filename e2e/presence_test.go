@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/presence-sidecar/presence-sidecar/internal/testutil"
 )
 
 const secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -25,7 +27,7 @@ func TestCleanCloseExpiresAfterIntervalThenReturnMessage(t *testing.T) {
 	c := client(t, sc, "s-1", "bot-7")
 	<-up.links
 	up.push(t, "s-1", map[string]any{"action": "end_conversation", "data": map[string]any{"isTransfer": true}})
-	waitFor(t, 3*time.Second, "hand-over", func() bool {
+	testutil.Eventually(t, 3*time.Second, "hand-over", func() bool {
 		code, body := sc.api("GET", "/v1/sessions/s-1", nil)
 		return code == 200 && strings.Contains(string(body), `"handedOver": true`)
 	})

@@ -663,15 +663,6 @@ type attempt struct {
 	result     Result // Delivered, Retry or Dead (before the horizon check)
 }
 
-// Span attributes of a delivery attempt, besides the HTTP conventions.
-const (
-	attrWebhookID = attribute.Key("presence_sidecar.webhook.id")
-	attrKind      = attribute.Key("presence_sidecar.notification.kind")
-	attrAttempt   = attribute.Key("presence_sidecar.delivery.attempt")
-	attrOutcome   = attribute.Key("presence_sidecar.delivery.outcome")
-	attrBotID     = attribute.Key("bot.id")
-)
-
 // deliver makes one attempt for n and records its outcome in the store.
 func (d *Deliverer) deliver(n store.Notification) done {
 	ctx, span := tracectx.Start(tracectx.WithRemote(context.Background(), n.TraceParent), d.tracer,
@@ -765,8 +756,8 @@ func (d *Deliverer) endSpan(span trace.Span, n store.Notification, a attempt, re
 		return
 	}
 	attrs := []attribute.KeyValue{
-		semconv.HTTPRequestMethodPost, semconv.SessionID(n.SessionID), attrBotID.String(n.BotID),
-		attrWebhookID.String(n.ID), attrKind.String(string(n.Kind)), attrAttempt.Int(n.Attempts), attrOutcome.String(string(res)),
+		semconv.HTTPRequestMethodPost, semconv.SessionID(n.SessionID), tracectx.AttrBotID.String(n.BotID),
+		tracectx.AttrWebhookID.String(n.ID), tracectx.AttrKind.String(string(n.Kind)), tracectx.AttrAttempt.Int(n.Attempts), tracectx.AttrOutcome.String(string(res)),
 	}
 	// Host and path only: the configured URL may carry credentials.
 	if u, err := url.Parse(d.Endpoint(n)); err == nil {

@@ -129,7 +129,7 @@ func TestRunFiresAndFlushes(t *testing.T) {
 	done := make(chan error)
 	go func() { done <- e.Run(ctx) }()
 	e.ConnOpened(1, event.Open{Who: event.Identity{SessionID: "s1", BotID: "bot"}})
-	e.Message(1, event.FromUpstream, event.Message{Prefix: transferFrame})
+	e.Message(1, event.FromServer, event.Message{Prefix: transferFrame})
 	start := time.Now()
 	e.ConnClosed(1, event.CloseProbeTimeout)
 	select {
@@ -270,9 +270,9 @@ func TestConcurrentHammer(t *testing.T) {
 				for k := rng.IntN(4); k > 0; k-- {
 					switch rng.IntN(6) {
 					case 0:
-						e.Message(id, event.FromUpstream, event.Message{Prefix: transferFrame})
+						e.Message(id, event.FromServer, event.Message{Prefix: transferFrame})
 					case 1:
-						e.Message(id, event.FromUpstream, event.Message{Prefix: endFrame})
+						e.Message(id, event.FromServer, event.Message{Prefix: endFrame})
 					case 2:
 						e.Message(id, event.FromClient, event.Message{Prefix: keepAlive})
 					case 3:

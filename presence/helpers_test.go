@@ -170,7 +170,7 @@ func (r *rig) open(c event.ConnID, session, bot string) {
 func (r *rig) close(c event.ConnID) { r.e.ConnClosed(c, event.CloseClientGone) }
 
 func (r *rig) server(c event.ConnID, frame []byte) {
-	r.e.Message(c, event.FromUpstream, event.Message{Text: true, Size: int64(len(frame)), Prefix: frame})
+	r.e.Message(c, event.FromServer, event.Message{Text: true, Size: int64(len(frame)), Prefix: frame})
 }
 
 func (r *rig) client(c event.ConnID, frame []byte) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"time"
 
-	"go.opentelemetry.io/otel/attribute"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
@@ -17,15 +16,6 @@ const (
 	spanReturned   = "presence.returned"
 	spanHandoffOn  = "presence.handoff_started"
 	spanHandoffOff = "presence.handoff_ended"
-)
-
-// Span attributes of the transitions (session ids use semconv's session.id).
-const (
-	attrBotID   = attribute.Key("bot.id")
-	attrEpisode = attribute.Key("presence.episode")
-	attrReason  = attribute.Key("presence.reason")
-	attrMode    = attribute.Key("presence.mode")
-	attrHanded  = attribute.Key("presence.handed_over")
 )
 
 // traceRef is a W3C trace context kept inline in a session (25 bytes, no
@@ -73,8 +63,8 @@ func (e *Engine) span(name string, s *sess, now int64, set *Settings) string {
 	ctx, span := tracectx.Start(ctx, e.tracer, name, trace.WithTimestamp(at))
 	if span.IsRecording() {
 		span.SetAttributes(
-			semconv.SessionID(s.id), attrBotID.String(s.bot), attrEpisode.Int64(int64(s.episode)),
-			attrReason.String(reasonText[s.reason]), attrMode.String(string(set.Mode)), attrHanded.Bool(e.handed(s)),
+			semconv.SessionID(s.id), tracectx.AttrBotID.String(s.bot), tracectx.AttrEpisode.Int64(int64(s.episode)),
+			tracectx.AttrReason.String(reasonText[s.reason]), tracectx.AttrMode.String(string(set.Mode)), tracectx.AttrHandedOver.Bool(e.handed(s)),
 		)
 	}
 	span.End(trace.WithTimestamp(at))

@@ -298,7 +298,7 @@ func TestRelayByteExact(t *testing.T) {
 		return e.Kind == evMessage && e.Dir == event.FromClient && string(e.Msg.Prefix) == "cfrag-1cfrag-2"
 	})
 	tp.rec.wait(t, "fragmented upstream message", func(e obsEvent) bool {
-		return e.Kind == evMessage && e.Dir == event.FromUpstream && string(e.Msg.Prefix) == "frag-1frag-2frag-3"
+		return e.Kind == evMessage && e.Dir == event.FromServer && string(e.Msg.Prefix) == "frag-1frag-2frag-3"
 	})
 }
 

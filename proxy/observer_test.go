@@ -145,7 +145,7 @@ func TestSessionIDCompressedPython(t *testing.T) {
 		}
 	}
 	tp.rec.wait(t, "ConnIdentified s1", identifiedAs(event.Identity{SessionID: "s1", BotID: "b1"}))
-	for _, dir := range []event.Direction{event.FromClient, event.FromUpstream} {
+	for _, dir := range []event.Direction{event.FromClient, event.FromServer} {
 		m := tp.rec.wait(t, "link message "+dir.String(), func(e obsEvent) bool {
 			return e.Kind == evMessage && e.Dir == dir && string(e.Msg.Prefix) == linkFrame
 		})

@@ -260,7 +260,7 @@ func TestShutdownDeadClient(t *testing.T) {
 			t.Fatal("the relay to a client that does not read never stalled")
 		}
 		time.Sleep(20 * time.Millisecond)
-		n := tp.p.Stats().Bytes[event.FromUpstream].Load()
+		n := tp.p.Stats().Bytes[event.FromServer].Load()
 		if n == last && n > 0 {
 			still++
 		} else {
@@ -293,7 +293,7 @@ func TestShutdownDeadClient(t *testing.T) {
 // longer place Pings or recognise Pongs, and must not close a live
 // connection for that.
 func TestProbeUnparsableStream(t *testing.T) {
-	for _, dir := range []event.Direction{event.FromUpstream, event.FromClient} {
+	for _, dir := range []event.Direction{event.FromServer, event.FromClient} {
 		t.Run(dir.String(), func(t *testing.T) {
 			up, conns := rawUpstream(t)
 			tp := startProxy(t, up, withProbe)
@@ -301,7 +301,7 @@ func TestProbeUnparsableStream(t *testing.T) {
 			u := acceptRaw(t, conns)
 			odd := frame(true, 0x1, dir == event.FromClient, []byte("rsv2"))
 			odd[0] |= 0x20 // RSV2
-			if dir == event.FromUpstream {
+			if dir == event.FromServer {
 				u.Write(odd)
 			} else {
 				c.Write(odd)

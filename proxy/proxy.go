@@ -200,16 +200,12 @@ func (p *Proxy) startSpan(r *http.Request, name string, who event.Identity) (*ht
 			attrs = append(attrs, semconv.SessionID(who.SessionID))
 		}
 		if who.BotID != "" {
-			attrs = append(attrs, AttrBotID.String(who.BotID))
+			attrs = append(attrs, tracectx.AttrBotID.String(who.BotID))
 		}
 		span.SetAttributes(attrs...)
 	}
 	return r.WithContext(ctx), span
 }
-
-// AttrBotID is the span attribute that carries a bot id (there is no
-// semantic convention for it; session ids use session.id).
-const AttrBotID = attribute.Key("bot.id")
 
 // spanStatus records the status code the client gets.
 func spanStatus(span trace.Span, code int) {

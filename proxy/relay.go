@@ -361,12 +361,12 @@ func (s *Stats) countFrames(dir event.Direction, n *int64) {
 // pending probe Ping in at a frame boundary.
 func (c *wsConn) relayFromUpstream(buf []byte, n int) error {
 	chunk := buf[headroom : headroom+n]
-	c.p.stats.Bytes[event.FromUpstream].Add(int64(len(chunk)))
+	c.p.stats.Bytes[event.FromServer].Add(int64(len(chunk)))
 	s := &c.fromUpstream
 	s.firstBoundary = -1
 	if c.tapped {
 		s.parser.Feed(chunk)
-		c.p.stats.countFrames(event.FromUpstream, &s.frames)
+		c.p.stats.countFrames(event.FromServer, &s.frames)
 	}
 	c.clientMu.Lock()
 	defer c.clientMu.Unlock()
@@ -405,7 +405,7 @@ func (c *wsConn) writePingLocked() error {
 	c.pingSent = true
 	c.armLocked(c.p.o.ProbeTimeout) // the Pong has PROBE_TIMEOUT from now
 	c.probeMu.Unlock()
-	c.p.stats.Frames[event.FromUpstream].Add(1)
+	c.p.stats.Frames[event.FromServer].Add(1)
 	_, err := c.client.Write(frame[:])
 	return err
 }
@@ -670,7 +670,7 @@ func (s *upstreamSide) FrameEnd(h wsframe.Header, end int, _ []byte) {
 }
 
 func (s *upstreamSide) Message(m wsframe.Message) {
-	s.c.p.obs.Message(s.c.id, event.FromUpstream, toEvent(m))
+	s.c.p.obs.Message(s.c.id, event.FromServer, toEvent(m))
 }
 
 func (s *upstreamSide) ProtocolError(err error) {

@@ -13,7 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
@@ -141,15 +140,12 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request, span trace.
 		tp = tracectx.Format(trace.SpanContextFromContext(r.Context()))
 	}
 	if span.IsRecording() {
-		span.SetAttributes(semconv.HTTPResponseStatusCode(http.StatusSwitchingProtocols), AttrConnID.Int64(int64(c.id)))
+		span.SetAttributes(semconv.HTTPResponseStatusCode(http.StatusSwitchingProtocols), tracectx.AttrConnID.Int64(int64(c.id)))
 	}
 	p.track(c)
 	go c.run(fromClient, fromUpstream, tp)
 	return true
 }
-
-// AttrConnID is the span attribute with the connection id the logs show as "conn".
-const AttrConnID = attribute.Key("presence_sidecar.conn.id")
 
 // dialUpstream connects to the upstream, in a child span of the upgrade.
 func (p *Proxy) dialUpstream(ctx context.Context, useTLS bool, host string) (net.Conn, error) {

@@ -77,7 +77,7 @@ func TestWebSocketGorilla(t *testing.T) {
 		tp.rec.wait(t, "ConnClosed close", func(e obsEvent) bool { return e.Kind == evClosed && e.Reason == event.CloseClean })
 		// Without InspectServer the upstream's messages are counted, not read.
 		for _, e := range tp.rec.snapshot() {
-			if e.Kind == evMessage && e.Dir == event.FromUpstream && e.Msg.Prefix != nil {
+			if e.Kind == evMessage && e.Dir == event.FromServer && e.Msg.Prefix != nil {
 				t.Errorf("upstream message inspected: %.20q", e.Msg.Prefix)
 			}
 		}
@@ -172,7 +172,7 @@ func TestWebSocketCoder(t *testing.T) {
 		}
 	}
 	// The tap saw the compressed text messages inflated, both ways.
-	for _, dir := range []event.Direction{event.FromClient, event.FromUpstream} {
+	for _, dir := range []event.Direction{event.FromClient, event.FromServer} {
 		m := tp.rec.wait(t, "last message "+dir.String(), func(e obsEvent) bool {
 			return e.Kind == evMessage && e.Dir == dir && bytes.HasSuffix(e.Msg.Prefix, []byte("last\"}}"))
 		})
@@ -241,7 +241,7 @@ func TestWebSocketPythonServer(t *testing.T) {
 		}
 		// Upstream messages reach the observer inflated.
 		tp.rec.wait(t, "inflated server message", func(e obsEvent) bool {
-			return e.Kind == evMessage && e.Dir == event.FromUpstream && e.Msg.Size < 400 &&
+			return e.Kind == evMessage && e.Dir == event.FromServer && e.Msg.Size < 400 &&
 				bytes.HasPrefix(e.Msg.Prefix, []byte(`{"action":"message","data":{"text":"olá"}}{"action"`))
 		})
 

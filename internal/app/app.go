@@ -126,7 +126,7 @@ func (a *App) buildPresence(po *proxy.Options) error {
 	}
 	for _, s := range []rules.Set{r.Ignore, r.HandoffStart, r.HandoffEnd} {
 		po.InspectClient = po.InspectClient || s.Has(event.FromClient)
-		po.InspectServer = po.InspectServer || s.Has(event.FromUpstream)
+		po.InspectServer = po.InspectServer || s.Has(event.FromServer)
 	}
 	detect, _ := cfg.HandoffDetection() // validated by config
 	if cfg.PresenceAllowAny {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/presence-sidecar/presence-sidecar/internal/config"
 	"github.com/presence-sidecar/presence-sidecar/internal/telemetry"
+	"github.com/presence-sidecar/presence-sidecar/internal/testutil"
 )
 
 const waitTime = 10 * time.Second
@@ -211,21 +212,10 @@ func (s *stack) close(c *websocket.Conn) {
 // HANDOFF_START_MATCH (server:data.isTransfer=true) recognises.
 const handover = `{"action":"end_conversation","data":{"isTransfer":true}}`
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTime)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // waitRequests waits until the platform got n webhooks.
 func (s *stack) waitRequests(n int) []received {
 	s.t.Helper()
-	eventually(s.t, "webhooks", func() bool { return len(s.platform.requests()) >= n })
+	testutil.Eventually(s.t, waitTime, "webhooks", func() bool { return len(s.platform.requests()) >= n })
 	return s.platform.requests()
 }
 

@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/presence-sidecar/presence-sidecar/internal/testutil"
 )
 
 // TestLogsOneLinePerDecisionWithoutContent: over a hand-over, an absence
@@ -34,7 +36,7 @@ func TestLogsOneLinePerDecisionWithoutContent(t *testing.T) {
 	s.waitRequests(2) // /expire: 503, 200
 	c = s.dial("?sessionId=s1&botId=b1", nil)
 	s.waitRequests(3) // /message
-	eventually(t, "the last delivery's log line", func() bool {
+	testutil.Eventually(t, waitTime, "the last delivery's log line", func() bool {
 		return s.logs.FilterMessage("handoff: notification delivered").Len() == 2
 	})
 	s.close(c)

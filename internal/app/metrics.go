@@ -76,7 +76,7 @@ func (x *metrics) delivery(o handoff.Outcome) {
 
 var (
 	dirClient = attrs("direction", event.FromClient.String())
-	dirServer = attrs("direction", event.FromUpstream.String())
+	dirServer = attrs("direction", event.FromServer.String())
 )
 
 func attrs(k, v string) metric.MeasurementOption {
@@ -118,9 +118,9 @@ func (x *metrics) observe(m metric.MeterProvider, p *proxy.Proxy, e *presence.En
 		o.ObserveInt64(probes, s.ProbeTimeouts.Load())
 		o.ObserveInt64(untracked, s.Untracked.Load())
 		o.ObserveInt64(frames, s.Frames[event.FromClient].Load(), dirClient)
-		o.ObserveInt64(frames, s.Frames[event.FromUpstream].Load(), dirServer)
+		o.ObserveInt64(frames, s.Frames[event.FromServer].Load(), dirServer)
 		o.ObserveInt64(bytes, s.Bytes[event.FromClient].Load(), dirClient)
-		o.ObserveInt64(bytes, s.Bytes[event.FromUpstream].Load(), dirServer)
+		o.ObserveInt64(bytes, s.Bytes[event.FromServer].Load(), dirServer)
 		return nil
 	}, open, httpReqs, upgrades, rejected, upErrs, probes, untracked, frames, bytes)
 	errs = append(errs, err)

@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/presence-sidecar/presence-sidecar/internal/testutil"
 	"github.com/presence-sidecar/presence-sidecar/tracectx"
 )
 
@@ -19,7 +20,7 @@ const clientTrace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 func (s *stack) span(name string) tracetest.SpanStub {
 	s.t.Helper()
 	var found tracetest.SpanStub
-	eventually(s.t, "span "+name, func() bool {
+	testutil.Eventually(s.t, waitTime, "span "+name, func() bool {
 		for _, sp := range s.spans.GetSpans() {
 			if sp.Name == name {
 				found = sp

@@ -50,7 +50,7 @@ func Parse(src string, def event.Direction) (Set, error) {
 			case "client":
 				r.dir, body = event.FromClient, rest
 			case "server":
-				r.dir, body = event.FromUpstream, rest
+				r.dir, body = event.FromServer, rest
 			default:
 				return Set{}, fmt.Errorf("rule %q: direction must be client or server, not %q", raw, d)
 			}

@@ -15,14 +15,14 @@ func TestSeedDefaults(t *testing.T) {
 		doc        string
 		start, end bool
 	}{
-		{"transfer", event.FromUpstream, `{"action":"end_conversation","data":{"isTransfer":true}}`, true, false},
-		{"end", event.FromUpstream, `{"action":"end_conversation","data":{}}`, false, true},
-		{"end no data", event.FromUpstream, `{"action":"end_conversation"}`, false, true},
-		{"end transfer false", event.FromUpstream, `{"action":"end_conversation","data":{"isTransfer":false}}`, false, true},
+		{"transfer", event.FromServer, `{"action":"end_conversation","data":{"isTransfer":true}}`, true, false},
+		{"end", event.FromServer, `{"action":"end_conversation","data":{}}`, false, true},
+		{"end no data", event.FromServer, `{"action":"end_conversation"}`, false, true},
+		{"end transfer false", event.FromServer, `{"action":"end_conversation","data":{"isTransfer":false}}`, false, true},
 		{"client side ignored", event.FromClient, `{"action":"end_conversation","data":{"isTransfer":true}}`, false, false},
-		{"message", event.FromUpstream, `{"action":"message","data":{"text":"hi"}}`, false, false},
-		{"not json", event.FromUpstream, `hello`, false, false},
-		{"truncated prefix", event.FromUpstream, `{"action":"message","data":{"isTransfer":true,"text":"aaaa`, true, false},
+		{"message", event.FromServer, `{"action":"message","data":{"text":"hi"}}`, false, false},
+		{"not json", event.FromServer, `hello`, false, false},
+		{"truncated prefix", event.FromServer, `{"action":"message","data":{"isTransfer":true,"text":"aaaa`, true, false},
 	}
 	for _, c := range cases {
 		if got := start.Match(c.dir, []byte(c.doc)); got != c.start {
@@ -39,10 +39,10 @@ func TestDefaultDirectionAndAlternatives(t *testing.T) {
 	if !s.Match(event.FromClient, []byte(`{"action":"keep_alive"}`)) || !s.Match(event.FromClient, []byte(`{"type":"ping"}`)) {
 		t.Fatal("alternatives should match")
 	}
-	if s.Match(event.FromUpstream, []byte(`{"action":"keep_alive"}`)) {
+	if s.Match(event.FromServer, []byte(`{"action":"keep_alive"}`)) {
 		t.Fatal("rule without direction must take the default")
 	}
-	if !s.Has(event.FromClient) || s.Has(event.FromUpstream) {
+	if !s.Has(event.FromClient) || s.Has(event.FromServer) {
 		t.Fatal("Has is wrong")
 	}
 	if u := MustParse("data.url=http://x", event.FromClient); !u.Match(event.FromClient, []byte(`{"data":{"url":"http://x"}}`)) {

@@ -12,12 +12,14 @@ type Identity struct {
 	BotID     string
 }
 
-// Direction says which peer sent a frame.
+// Direction says which peer sent a frame. The server is the upstream, the
+// conversation service behind UPSTREAM_URL; the rule language names the two
+// directions "client" and "server" too.
 type Direction uint8
 
 const (
-	FromClient   Direction = iota // client -> upstream
-	FromUpstream                  // upstream -> client
+	FromClient Direction = iota // client -> server
+	FromServer                  // server -> client
 )
 
 func (d Direction) String() string {
