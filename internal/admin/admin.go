@@ -3,12 +3,10 @@
 package admin
 
 import (
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"sync/atomic"
 
 	"github.com/presence-sidecar/presence-sidecar/handoff"
@@ -83,8 +81,7 @@ func (s *Server) authorize(next http.Handler) http.Handler {
 			writeError(w, http.StatusForbidden, "the /v1/ API is off: set ADMIN_TOKEN to turn it on")
 			return
 		}
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.Token)) != 1 {
+		if !HasToken(r, s.Token) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="presence-sidecar"`)
 			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
 			return

@@ -20,7 +20,7 @@ import (
 	"github.com/presence-sidecar/presence-sidecar/handoff"
 	"github.com/presence-sidecar/presence-sidecar/internal/admin"
 	"github.com/presence-sidecar/presence-sidecar/internal/config"
-	"github.com/presence-sidecar/presence-sidecar/internal/status"
+	"github.com/presence-sidecar/presence-sidecar/internal/admin/status"
 	"github.com/presence-sidecar/presence-sidecar/internal/telemetry"
 	"github.com/presence-sidecar/presence-sidecar/presence"
 	"github.com/presence-sidecar/presence-sidecar/presence/rules"
@@ -236,7 +236,7 @@ func (a *App) Serve(ctx context.Context, started func(proxyAddr, adminAddr strin
 	}
 	a.log.Info("presence-sidecar started",
 		zap.String("listen", ln.Addr().String()), zap.String("admin", adminLn.Addr().String()),
-		zap.String("upstream", cfg.UpstreamURL), zap.Bool("presence", cfg.PresenceEnabled),
+		zap.String("upstream", config.RedactURL(cfg.UpstreamURL)), zap.Bool("presence", cfg.PresenceEnabled),
 		zap.String("version", telemetry.Version()), zap.String("telemetry", a.tel.String()))
 
 	var failure error

@@ -68,3 +68,17 @@ func TestLogsOneLinePerDecisionWithoutContent(t *testing.T) {
 		}
 	}
 }
+
+// TestStartupLineRedactsURLPasswords: the start-up line names the upstream
+// in the one redacted form, never with its password.
+func TestStartupLineRedactsURLPasswords(t *testing.T) {
+	up := strings.Replace(echoUpstream(t), "://", "://bot:hunter2@", 1)
+	s := startStack(t, newPlatform(t, nil), map[string]string{"UPSTREAM_URL": up})
+	testutil.Eventually(t, waitTime, "the start-up line", func() bool {
+		return s.logs.FilterMessage("presence-sidecar started").Len() == 1
+	})
+	line := s.logs.FilterMessage("presence-sidecar started").All()[0]
+	if got := line.ContextMap()["upstream"]; got != strings.Replace(up, "hunter2", "xxxxx", 1) {
+		t.Errorf("start-up line shows upstream %q", got)
+	}
+}

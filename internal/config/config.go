@@ -153,7 +153,7 @@ func (c Config) validate() error {
 	var errs []error
 	u, err := url.Parse(c.UpstreamURL)
 	if err != nil || u.Host == "" || !oneOf(u.Scheme, "http", "https", "ws", "wss") {
-		errs = append(errs, bad("UPSTREAM_URL", c.UpstreamURL, "want an absolute http://, https://, ws:// or wss:// URL with a host"))
+		errs = append(errs, bad("UPSTREAM_URL", RedactURL(c.UpstreamURL), "want an absolute http://, https://, ws:// or wss:// URL with a host"))
 	}
 	for _, d := range []struct {
 		name string
@@ -210,14 +210,14 @@ func (c Config) validate() error {
 	if c.RedisURL != "" {
 		// Refuse rather than run one replica's state while the operator
 		// expects several replicas to share it.
-		errs = append(errs, bad("REDIS_URL", redactURL(c.RedisURL), "cluster mode is not in this version: unset REDIS_URL to run one replica with its state under DATA_DIR"))
+		errs = append(errs, bad("REDIS_URL", RedactURL(c.RedisURL), "cluster mode is not in this version: unset REDIS_URL to run one replica with its state under DATA_DIR"))
 	}
 	if c.PresenceEnabled && c.HandoffURL == "" {
 		errs = append(errs, bad("HANDOFF_URL", "", "required when PRESENCE_ENABLED=true: the human-service platform's base URL"))
 	}
 	if c.HandoffURL != "" {
 		if u, err := url.Parse(c.HandoffURL); err != nil || u.Host == "" || !oneOf(u.Scheme, "http", "https") {
-			errs = append(errs, bad("HANDOFF_URL", c.HandoffURL, "want an absolute http:// or https:// URL"))
+			errs = append(errs, bad("HANDOFF_URL", RedactURL(c.HandoffURL), "want an absolute http:// or https:// URL"))
 		}
 	}
 	for _, p := range []struct{ name, v string }{{"HANDOFF_EXPIRE_PATH", c.HandoffExpirePath}, {"HANDOFF_MESSAGE_PATH", c.HandoffMessagePath}} {
@@ -328,14 +328,6 @@ func (c Config) HandoffDetection() (Detection, error) {
 		}
 	}
 	return d, nil
-}
-
-// redactURL hides a password in a URL quoted in an error.
-func redactURL(raw string) string {
-	if u, err := url.Parse(raw); err == nil {
-		return u.Redacted()
-	}
-	return "(unparsable URL)"
 }
 
 func oneOf(v string, allowed ...string) bool { return slices.Contains(allowed, v) }

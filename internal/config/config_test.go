@@ -70,3 +70,24 @@ func TestAllowAnyIntervalLiftsRange(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A password in a URL is never shown: not in an error about that URL, nor
+// in one about another variable's URL.
+func TestErrorsRedactURLPasswords(t *testing.T) {
+	for _, env := range [][]string{
+		{"UPSTREAM_URL=ftp://u:hunter2@up:3000"},
+		{"UPSTREAM_URL=http://127.0.0.1:3000", "HANDOFF_URL=mailto://u:hunter2@h"},
+		{"UPSTREAM_URL=http://127.0.0.1:3000", "HANDOFF_URL=https://h/api?token=hunter2&x=1", "HANDOFF_EXPIRE_PATH=nope"},
+	} {
+		_, err := Load(env)
+		if err == nil {
+			t.Fatalf("%v: no error", env)
+		}
+		if strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("%v: error shows the password: %v", env, err)
+		}
+	}
+	if got := RedactURL("https://u:hunter2@h/api?token=hunter2&x=1"); got != "https://u:xxxxx@h/api?token=xxxxx&x=1" {
+		t.Errorf("RedactURL = %q", got)
+	}
+}

@@ -14,19 +14,18 @@ package status
 
 import (
 	"cmp"
-	"crypto/subtle"
 	_ "embed"
 	"fmt"
 	"html/template"
 	"maps"
 	"net/http"
-	"net/url"
 	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/presence-sidecar/presence-sidecar/internal/admin"
 	"github.com/presence-sidecar/presence-sidecar/internal/config"
 	"github.com/presence-sidecar/presence-sidecar/presence"
 	"github.com/presence-sidecar/presence-sidecar/store"
@@ -110,11 +109,7 @@ func (p *page) authorized(r *http.Request) bool {
 	if tok == "" {
 		return true
 	}
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok {
-		_, got, ok = r.BasicAuth()
-	}
-	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(tok)) == 1
+	return admin.HasToken(r, tok)
 }
 
 func (p *page) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -222,7 +217,7 @@ func (p *page) data(refresh time.Duration) data {
 	if c.ProbeInterval > 0 {
 		d.Probe = "every " + c.ProbeInterval.String() + ", answer within " + c.ProbeTimeout.String()
 	}
-	d.HandoffURL = redactURL(c.HandoffURL)
+	d.HandoffURL = config.RedactURL(c.HandoffURL)
 	d.Detect = c.HandoffDetect
 	if p.o.Presence == nil {
 		return d
@@ -402,13 +397,13 @@ func settings(c config.Config) []settingRow {
 		row := settingRow{Name: name, Desc: desc[name].Desc}
 		row.Default = val == desc[name].Default || (desc[name].Default != "" && sameDuration(val, desc[name].Default))
 		switch {
-		case secret(name):
+		case config.Secret(name):
 			row.Value = "(not set)"
 			if val != "" {
 				row.Value = "(set, hidden)"
 			}
 		case strings.HasSuffix(name, "_URL"):
-			row.Value = redactURL(val)
+			row.Value = config.RedactURL(val)
 		default:
 			row.Value = val
 		}
@@ -427,35 +422,4 @@ func sameDuration(a, b string) bool {
 	x, err1 := time.ParseDuration(a)
 	y, err2 := time.ParseDuration(b)
 	return err1 == nil && err2 == nil && x == y
-}
-
-func secret(name string) bool {
-	return strings.Contains(name, "TOKEN") || strings.Contains(name, "SECRET") || strings.Contains(name, "PASSWORD")
-}
-
-func redactURL(s string) string {
-	if s == "" {
-		return ""
-	}
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(unparsable, hidden)"
-	}
-	if u.User != nil {
-		if _, has := u.User.Password(); has {
-			u.User = url.UserPassword(u.User.Username(), "xxxxx")
-		}
-	}
-	q := u.Query()
-	changed := false
-	for k := range q {
-		if secret(strings.ToUpper(k)) || strings.EqualFold(k, "key") {
-			q.Set(k, "xxxxx")
-			changed = true
-		}
-	}
-	if changed {
-		u.RawQuery = q.Encode()
-	}
-	return u.String()
 }
