@@ -28,7 +28,7 @@ func TestHealthcheckSubcommand(t *testing.T) {
 	}
 }
 
-// Client sockets get TCP keep-alive (SPEC §1): the kernel runs the
+// Client sockets get TCP keep-alive (README, Data plane): the kernel runs the
 // keep-alive timer on the sidecar's side of an idle client connection.
 func TestClientSocketsHaveTCPKeepAlive(t *testing.T) {
 	sc := start(t, map[string]string{"UPSTREAM_URL": "http://" + freeAddr(t), "TCP_KEEPALIVE": "30s"})

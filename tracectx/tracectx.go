@@ -14,7 +14,7 @@ import (
 )
 
 // Propagator reads and writes W3C traceparent/tracestate headers. The
-// sidecar always speaks W3C trace context (SPEC: traceparent on the
+// sidecar always speaks W3C trace context (the README: traceparent on the
 // upstream handshake and on every webhook), whatever OTEL_PROPAGATORS says.
 var Propagator propagation.TextMapPropagator = propagation.TraceContext{}
 
