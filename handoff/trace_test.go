@@ -9,6 +9,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/presence-sidecar/presence-sidecar/internal/testutil"
 	"github.com/presence-sidecar/presence-sidecar/store"
 	"github.com/presence-sidecar/presence-sidecar/tracectx"
 )
@@ -36,8 +37,8 @@ func TestAttemptSpans(t *testing.T) {
 	n.TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 	transition, _ := tracectx.Parse(n.TraceParent)
 	commit(t, st, d, n)
-	eventually(t, 3*time.Second, "delivery", func() bool { return obs.count(Delivered) == 1 })
-	eventually(t, time.Second, "two spans", func() bool { return len(exp.GetSpans()) == 2 })
+	testutil.Eventually(t, 10*time.Second, "delivery", func() bool { return obs.count(Delivered) == 1 })
+	testutil.Eventually(t, 10*time.Second, "two spans", func() bool { return len(exp.GetSpans()) == 2 })
 
 	reqs := p.requests()
 	for i, s := range exp.GetSpans() {

@@ -19,8 +19,8 @@ import (
 
 	"github.com/presence-sidecar/presence-sidecar/handoff"
 	"github.com/presence-sidecar/presence-sidecar/internal/admin"
-	"github.com/presence-sidecar/presence-sidecar/internal/config"
 	"github.com/presence-sidecar/presence-sidecar/internal/admin/status"
+	"github.com/presence-sidecar/presence-sidecar/internal/config"
 	"github.com/presence-sidecar/presence-sidecar/internal/telemetry"
 	"github.com/presence-sidecar/presence-sidecar/presence"
 	"github.com/presence-sidecar/presence-sidecar/presence/rules"

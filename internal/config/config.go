@@ -15,6 +15,7 @@ import (
 	"github.com/caarlos0/env/v11"
 
 	"github.com/presence-sidecar/presence-sidecar/handoff"
+	"github.com/presence-sidecar/presence-sidecar/handoff/webhook"
 	"github.com/presence-sidecar/presence-sidecar/presence"
 	"github.com/presence-sidecar/presence-sidecar/presence/rules"
 	"github.com/presence-sidecar/presence-sidecar/proxy"
@@ -216,13 +217,13 @@ func (c Config) validate() error {
 		errs = append(errs, bad("HANDOFF_URL", "", "required when PRESENCE_ENABLED=true: the human-service platform's base URL"))
 	}
 	if c.HandoffURL != "" {
-		if u, err := url.Parse(c.HandoffURL); err != nil || u.Host == "" || !oneOf(u.Scheme, "http", "https") {
-			errs = append(errs, bad("HANDOFF_URL", RedactURL(c.HandoffURL), "want an absolute http:// or https:// URL"))
+		if _, err := handoff.ParseBaseURL(c.HandoffURL); err != nil {
+			errs = append(errs, bad("HANDOFF_URL", RedactURL(c.HandoffURL), err.Error()))
 		}
 	}
 	for _, p := range []struct{ name, v string }{{"HANDOFF_EXPIRE_PATH", c.HandoffExpirePath}, {"HANDOFF_MESSAGE_PATH", c.HandoffMessagePath}} {
-		if !strings.HasPrefix(p.v, "/") {
-			errs = append(errs, bad(p.name, p.v, "want a path starting with /"))
+		if err := handoff.CheckPath(p.v); err != nil {
+			errs = append(errs, bad(p.name, p.v, err.Error()))
 		}
 	}
 	return errors.Join(errs...)
@@ -240,7 +241,7 @@ func (c Config) validatePresenceInputs() []error {
 		errs = append(errs, err)
 	}
 	if c.HandoffSigningSecret != "" {
-		if _, err := handoff.DecodeSecret(c.HandoffSigningSecret); err != nil {
+		if _, err := webhook.DecodeSecret(c.HandoffSigningSecret); err != nil {
 			errs = append(errs, fmt.Errorf("HANDOFF_SIGNING_SECRET (value hidden): %v", err))
 		}
 	}

@@ -2,10 +2,7 @@ package demo
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +15,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/presence-sidecar/presence-sidecar/handoff/webhook"
 )
 
 // ConsoleOptions configure the demo agent console.
@@ -82,9 +81,8 @@ func NewConsole(o ConsoleOptions) (*Console, error) {
 	}
 	c := &Console{o: o, ids: map[string]bool{}, changed: make(chan struct{}), done: make(chan struct{})}
 	if o.SigningSecret != "" {
-		b64, ok := strings.CutPrefix(o.SigningSecret, "whsec_")
-		key, err := base64.StdEncoding.DecodeString(b64)
-		if !ok || err != nil || len(key) == 0 {
+		key, err := webhook.DecodeSecret(o.SigningSecret)
+		if err != nil {
 			return nil, errors.New(`demo console: the signing secret must be "whsec_" followed by a base64 key`)
 		}
 		c.key = key
@@ -152,9 +150,9 @@ func (c *Console) serveNotification(w http.ResponseWriter, r *http.Request) {
 		Path:      r.URL.Path,
 		Query:     r.URL.RawQuery,
 		Offline:   r.URL.Query().Get("offline") == "true",
-		WebhookID: r.Header.Get("webhook-id"),
-		Timestamp: r.Header.Get("webhook-timestamp"),
-		Signed:    r.Header.Get("webhook-signature") != "",
+		WebhookID: r.Header.Get(webhook.HeaderID),
+		Timestamp: r.Header.Get(webhook.HeaderTimestamp),
+		Signed:    r.Header.Get(webhook.HeaderSignature) != "",
 		Trace:     r.Header.Get("traceparent"),
 		Body:      json.RawMessage(body),
 	}
@@ -178,7 +176,7 @@ func (c *Console) serveNotification(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if c.key != nil && n.Refused == "" {
-		if err := VerifySignature(c.key, n.WebhookID, n.Timestamp, r.Header.Get("webhook-signature"), body, time.Now(), c.o.Tolerance); err != nil {
+		if err := webhook.Verify(c.key, r.Header, body, time.Now(), c.o.Tolerance); err != nil {
 			n.Refused, code = err.Error(), http.StatusUnauthorized
 		} else {
 			n.Verified = true
@@ -243,36 +241,4 @@ func (c *Console) serveEvents(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-}
-
-// VerifySignature checks a Standard Webhooks signature: sigHeader is a
-// space-separated list of "v1,<base64 HMAC-SHA256(key, id.timestamp.body)>";
-// one of them must match, and the timestamp (Unix seconds) must be within
-// tolerance of now.
-func VerifySignature(key []byte, id, timestamp, sigHeader string, body []byte, now time.Time, tolerance time.Duration) error {
-	if id == "" || timestamp == "" || sigHeader == "" {
-		return errors.New("missing webhook-id, webhook-timestamp or webhook-signature")
-	}
-	ts, err := strconv.ParseInt(timestamp, 10, 64)
-	if err != nil {
-		return errors.New("webhook-timestamp is not Unix seconds")
-	}
-	if d := now.Sub(time.Unix(ts, 0)); d > tolerance || d < -tolerance {
-		return fmt.Errorf("webhook-timestamp is %s away from now (tolerance %s)", d.Round(time.Second), tolerance)
-	}
-	mac := hmac.New(sha256.New, key)
-	mac.Write([]byte(id + "." + timestamp + "."))
-	mac.Write(body)
-	want := mac.Sum(nil)
-	for _, s := range strings.Fields(sigHeader) {
-		v, sig, ok := strings.Cut(s, ",")
-		if !ok || v != "v1" {
-			continue
-		}
-		got, err := base64.StdEncoding.DecodeString(sig)
-		if err == nil && hmac.Equal(got, want) {
-			return nil
-		}
-	}
-	return errors.New("no webhook-signature matches the signing secret")
 }

@@ -17,7 +17,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/presence-sidecar/presence-sidecar/handoff"
+	"github.com/presence-sidecar/presence-sidecar/handoff/webhook"
 	"github.com/presence-sidecar/presence-sidecar/internal/testutil"
 )
 
@@ -153,7 +153,7 @@ func signed(t *testing.T, url, path, id string, ts int64, body string, key []byt
 	req.Header.Set("webhook-id", id)
 	req.Header.Set("webhook-timestamp", strconv.FormatInt(ts, 10))
 	if key != nil {
-		req.Header.Set("webhook-signature", handoff.Sign(key, id, ts, []byte(body)))
+		req.Header.Set("webhook-signature", webhook.Sign(key, id, ts, []byte(body)))
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
