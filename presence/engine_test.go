@@ -2,117 +2,19 @@ package presence
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"math/rand/v2"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest/observer"
-
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
 	"github.com/presence-sidecar/presence-sidecar/store"
 )
 
-// holdStore holds the first notes-less Commit (a flush) after arm() until
-// release, to force a decision to race with a flush.
-type holdStore struct {
-	*store.Memory
-	armed atomic.Bool
-	held  chan struct{}
-	gate  chan struct{}
-}
-
-func (h *holdStore) arm() {
-	h.held, h.gate = make(chan struct{}), make(chan struct{})
-	h.armed.Store(true)
-}
-
-func (h *holdStore) Commit(put []store.Session, forget []string, notes []store.Notification) error {
-	if len(notes) == 0 && h.armed.CompareAndSwap(true, false) {
-		close(h.held)
-		<-h.gate
-	}
-	return h.Memory.Commit(put, forget, notes)
-}
-
-func TestFlushNeverOverwritesADecision(t *testing.T) {
-	hs := &holdStore{Memory: store.NewMemory()}
-	r := newRig(t, hs, nil, nil)
-	r.handover(1, "s1", "bot")
-	r.close(1) // dirty: conns 0, deadline
-	hs.arm()
-	flushed := make(chan error)
-	go func() { flushed <- r.e.Flush() }()
-	<-hs.held // the flush has its (present) snapshot and is writing it
-	ticked := make(chan struct{})
-	go func() {
-		r.advance(interval) // decides absent and commits /expire
-		close(ticked)
-	}()
-	select {
-	case <-ticked:
-		t.Fatal("the decision was committed while an older flush of the same session was in flight")
-	case <-time.After(50 * time.Millisecond):
-	}
-	close(hs.gate)
-	if err := <-flushed; err != nil {
-		t.Fatal(err)
-	}
-	<-ticked
-	if s := r.stored("s1"); s.State != store.Absent || !s.ExpireSent || s.Episode != 1 {
-		t.Fatalf("the flush's older copy won: %+v", s)
-	}
-	r.restart(time.Minute)
-	r.advance(interval)
-	r.wantNotes(store.KindOffline)
-}
-
-func TestCommitFailureIsRetriedInOrder(t *testing.T) {
-	fs := &flakyStore{Memory: store.NewMemory()}
-	r := newRig(t, fs, nil, nil)
-	r.handover(1, "s1", "bot")
-	r.close(1)
-	fs.fail.Store(true)
-	r.advance(interval)
-	if v := r.view("s1"); v.State != store.Absent || !v.ExpireSent {
-		t.Fatalf("decision not kept in memory: %+v", v)
-	}
-	if st := r.e.Stats(); st.UnsentNotifications != 1 || st.CommitErrors == 0 {
-		t.Fatalf("stats %+v", st)
-	}
-	if err := r.e.SetHandoff("s2", "", true); err == nil {
-		t.Fatal("SetHandoff hid a store failure")
-	}
-	r.advance(time.Minute)
-	r.open(2, "s1", "bot") // the return queues behind the unsent /expire
-	if err := r.e.Flush(); err == nil {
-		t.Fatal("flush hid a store failure")
-	}
-	r.wantNotes()
-	fs.fail.Store(false)
-	wakes := r.wakes.Load()
-	if err := r.e.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	p := r.wantNotes(store.KindOffline, store.KindOnline)
-	checkOutbox(t, p)
-	if r.wakes.Load() == wakes {
-		t.Fatal("deliverer not woken after the retry")
-	}
-	if st := r.e.Stats(); st.UnsentNotifications != 0 {
-		t.Fatalf("stats %+v", st)
-	}
-	if s := r.stored("s2"); !s.HandedOver {
-		t.Fatalf("hand-over kept in memory was not written by the flush: %+v", s)
-	}
-}
-
+// TestRunFiresAndFlushes: Run fires a deadline no earlier than due, refuses a
+// second Run, and flushes once more when its context ends.
 func TestRunFiresAndFlushes(t *testing.T) {
 	st := store.NewMemory()
 	woke := make(chan struct{}, 10)
@@ -154,64 +56,6 @@ func TestRunFiresAndFlushes(t *testing.T) {
 	}
 	if p, _ := st.Pending(); len(p) != 1 || p[0].Kind != store.KindOffline {
 		t.Fatalf("outbox %v", p)
-	}
-}
-
-func TestOneLogLinePerTransitionWithoutContents(t *testing.T) {
-	core, logs := observer.New(zap.InfoLevel)
-	r := newRig(t, nil, nil, func(o *Options) { o.Log = zap.New(core) })
-	r.handover(1, "s1", "bot") // handoff on
-	r.client(1, userMsg)       // no transition
-	r.close(1)                 //
-	r.advance(interval)        // absent
-	r.open(2, "s1", "bot")     // back
-	r.server(2, endFrame)      // handoff off
-	r.e.HTTPRequest(event.Request{Who: event.Identity{SessionID: "s1"}, Body: []byte(`{"text":"segredo"}`)})
-	var got []string
-	for _, l := range logs.All() {
-		if !strings.HasPrefix(l.Message, "presence: client") && !strings.HasPrefix(l.Message, "presence: hand-over") {
-			continue
-		}
-		f := l.ContextMap()
-		if f["session"] != "s1" || f["bot"] != "bot" {
-			t.Errorf("%q lacks ids: %v", l.Message, f)
-		}
-		if _, ok := f["episode"]; !ok {
-			t.Errorf("%q lacks episode", l.Message)
-		}
-		if _, ok := f["reason"]; !ok {
-			t.Errorf("%q lacks reason", l.Message)
-		}
-		got = append(got, l.Message)
-	}
-	want := []string{"presence: hand-over started", "presence: client absent", "presence: client back", "presence: hand-over ended"}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("transition lines %q, want %q", got, want)
-	}
-	for _, l := range logs.All() {
-		if s := fmt.Sprint(l.Message, l.ContextMap()); strings.Contains(s, "segredo") || strings.Contains(s, `"oi"`) || strings.Contains(s, "isTransfer") {
-			t.Fatalf("message contents logged: %s", s)
-		}
-	}
-}
-
-func TestViewJSON(t *testing.T) {
-	r := newRig(t, nil, nil, nil)
-	r.handover(1, "s1", "bot")
-	b, err := json.Marshal(r.e.Sessions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := string(b)
-	for _, want := range []string{`"id":"s1"`, `"botId":"bot"`, `"handedOver":true`, `"connections":1`, `"checkInterval":"2m0s"`, `"mode":"connection"`, `"enabled":true`} {
-		if !strings.Contains(s, want) {
-			t.Errorf("%s lacks %s", s, want)
-		}
-	}
-	var back Settings
-	if err := json.Unmarshal([]byte(`{"enabled":true,"checkInterval":"3m","mode":"activity"}`), &back); err != nil ||
-		back.CheckInterval != 3*time.Minute || back.Mode != ModeActivity || !back.Enabled {
-		t.Fatalf("%+v %v", back, err)
 	}
 }
 
@@ -329,13 +173,4 @@ func TestConcurrentHammer(t *testing.T) {
 		}
 	}
 	t.Logf("%d notifications, stats %+v", len(p), st)
-}
-
-func heapAlloc() uint64 {
-	var m runtime.MemStats
-	for i := 0; i < 3; i++ {
-		runtime.GC()
-	}
-	runtime.ReadMemStats(&m)
-	return m.HeapAlloc
 }

@@ -1,7 +1,7 @@
 package presence
 
 // due is one heap entry: look at s at time at. An entry is live only while
-// s.armed == at; others are stale and skipped when popped, which lets a
+// s.armedAt == at; others are stale and skipped when popped, which lets a
 // deadline move without touching the heap (lazy deadlines).
 type due struct {
 	at int64

@@ -9,33 +9,20 @@ import (
 // one or two shard locks and touch the store only for a decision that must
 // not be lost (a notification or a hand-over change).
 
-func (e *Engine) connShard(id event.ConnID) *connShard { return &e.conns[id&(numShards-1)] }
-
-// handoffMatch evaluates the hand-over rules outside any lock.
-func (e *Engine) handoffMatch(dir event.Direction, doc []byte) (start, end bool) {
-	if !e.detect.Rules || len(doc) == 0 {
-		return false, false
-	}
-	if e.start.Has(dir) && e.start.Match(dir, doc) {
-		return true, false // a message that matches both starts: the agent had better hear
-	}
-	return false, e.end.Has(dir) && e.end.Match(dir, doc)
-}
-
 // attach adds one live connection to session id; tr is its upgrade's trace.
 func (e *Engine) attach(id, bot string, tr *traceRef) (*sess, bool) {
 	now := e.now()
 	sh := &e.shards[shardOf(id)]
 	sh.mu.Lock()
-	s := e.getLocked(sh, id, bot, now)
+	s := e.getOrCreateLocked(sh, id, bot, now)
 	s.conns++
 	if tr != nil {
 		s.trace = *tr
 	}
 	c := change{s: s}
-	set := e.settings(s.bot)
+	set := e.bots.settings(s.bot)
 	if set.Mode == ModeConnection {
-		s.seen = now
+		s.lastSeen = now
 		if s.state == store.Absent {
 			e.returnLocked(sh, s, set, now, &c)
 		} else {
@@ -45,7 +32,7 @@ func (e *Engine) attach(id, bot string, tr *traceRef) (*sess, bool) {
 	// Activity mode: an open is not activity (the client's first message is).
 	sh.markDirty(s)
 	e.rearm(sh, s)
-	woke := e.finish(sh, &c, now)
+	woke := e.commitIfUrgent(sh, &c, now)
 	sh.mu.Unlock()
 	return s, woke
 }
@@ -62,17 +49,17 @@ func (e *Engine) ConnOpened(id event.ConnID, o event.Open) {
 	if who.SessionID != "" {
 		c.s, woke = e.attach(who.SessionID, who.BotID, tr)
 	} else {
-		e.untrackedConns.Add(1)
-		c.bot = e.intern(who.BotID)
+		e.counts.untrackedConns.Add(1)
+		c.bot = e.bots.intern(who.BotID)
 		c.trace = tr // for the session the frames will name
 	}
 	// No call for id can come before ConnOpened returns, so inserting last is safe.
 	cs := e.connShard(id)
 	cs.mu.Lock()
-	cs.m[id] = c
+	cs.byConn[id] = c
 	cs.mu.Unlock()
 	if woke {
-		e.wake()
+		e.wakeDeliverer()
 	}
 }
 
@@ -84,7 +71,7 @@ func (e *Engine) ConnIdentified(id event.ConnID, who event.Identity) {
 	cs := e.connShard(id)
 	woke := false
 	cs.mu.Lock()
-	c, ok := cs.m[id]
+	c, ok := cs.byConn[id]
 	switch {
 	case !ok:
 	case c.s == nil && who.SessionID != "":
@@ -95,25 +82,25 @@ func (e *Engine) ConnIdentified(id event.ConnID, who event.Identity) {
 		}
 		c.s, woke = e.attach(who.SessionID, bot, c.trace)
 		c.bot, c.trace = "", nil
-		cs.m[id] = c
-		e.untrackedConns.Add(-1)
+		cs.byConn[id] = c
+		e.counts.untrackedConns.Add(-1)
 	case c.s == nil:
-		c.bot = e.intern(who.BotID)
-		cs.m[id] = c
+		c.bot = e.bots.intern(who.BotID)
+		cs.byConn[id] = c
 	case who.BotID != "":
 		// A session id never changes for a connection; only a missing bot id is filled in.
 		s := c.s
 		sh := &e.shards[s.shard]
 		sh.mu.Lock()
-		if !s.gone && s.bot == "" {
-			s.bot = e.intern(who.BotID)
+		if !s.forgotten && s.bot == "" {
+			s.bot = e.bots.intern(who.BotID)
 			sh.markDirty(s)
 		}
 		sh.mu.Unlock()
 	}
 	cs.mu.Unlock()
 	if woke {
-		e.wake()
+		e.wakeDeliverer()
 	}
 }
 
@@ -122,7 +109,7 @@ func (e *Engine) ConnIdentified(id event.ConnID, who event.Identity) {
 func (e *Engine) Message(id event.ConnID, dir event.Direction, m event.Message) {
 	cs := e.connShard(id)
 	cs.mu.Lock()
-	s := cs.m[id].s
+	s := cs.byConn[id].s
 	cs.mu.Unlock()
 	if s == nil {
 		return
@@ -134,23 +121,23 @@ func (e *Engine) Message(id event.ConnID, dir event.Direction, m event.Message) 
 	now := e.now()
 	sh := &e.shards[s.shard]
 	sh.mu.Lock()
-	if s.gone {
+	if s.forgotten {
 		sh.mu.Unlock()
 		return
 	}
 	c := change{s: s}
 	if dir == event.FromClient {
-		if set := e.settings(s.bot); set.Mode == ModeActivity && !e.ignore.Match(event.FromClient, m.Prefix) {
+		if set := e.bots.settings(s.bot); set.Mode == ModeActivity && !e.rules.ignore.Match(event.FromClient, m.Prefix) {
 			e.seenLocked(sh, s, set, now, &c)
 		}
 	}
 	if start || end {
 		e.handoffLocked(sh, s, start, now, &c)
 	}
-	woke := e.finish(sh, &c, now)
+	woke := e.commitIfUrgent(sh, &c, now)
 	sh.mu.Unlock()
 	if woke {
-		e.wake()
+		e.wakeDeliverer()
 	}
 }
 
@@ -159,14 +146,14 @@ func (e *Engine) Message(id event.ConnID, dir event.Direction, m event.Message) 
 func (e *Engine) ConnClosed(id event.ConnID, reason event.CloseReason) {
 	cs := e.connShard(id)
 	cs.mu.Lock()
-	c, ok := cs.m[id]
-	delete(cs.m, id)
+	c, ok := cs.byConn[id]
+	delete(cs.byConn, id)
 	cs.mu.Unlock()
 	if !ok {
 		return
 	}
 	if c.s == nil {
-		e.untrackedConns.Add(-1)
+		e.counts.untrackedConns.Add(-1)
 		return
 	}
 	if reason == event.CloseShutdown {
@@ -179,11 +166,11 @@ func (e *Engine) ConnClosed(id event.ConnID, reason event.CloseReason) {
 	now := e.now()
 	sh := &e.shards[s.shard]
 	sh.mu.Lock()
-	if !s.gone && s.conns > 0 {
+	if !s.forgotten && s.conns > 0 {
 		s.conns--
 		if s.conns == 0 && s.state == store.Present {
-			if set := e.settings(s.bot); set.Mode == ModeConnection {
-				s.seen = now
+			if set := e.bots.settings(s.bot); set.Mode == ModeConnection {
+				s.lastSeen = now
 				s.deadline = now + int64(set.CheckInterval)
 			}
 		}
@@ -199,27 +186,27 @@ func (e *Engine) ConnClosed(id event.ConnID, reason event.CloseReason) {
 func (e *Engine) HTTPRequest(r event.Request) {
 	who := r.Who
 	if who.SessionID == "" {
-		e.untrackedReqs.Add(1)
+		e.counts.untrackedReqs.Add(1)
 		return
 	}
 	start, end := e.handoffMatch(event.FromClient, r.Body)
 	now := e.now()
 	sh := &e.shards[shardOf(who.SessionID)]
 	sh.mu.Lock()
-	s := e.getLocked(sh, who.SessionID, who.BotID, now)
+	s := e.getOrCreateLocked(sh, who.SessionID, who.BotID, now)
 	if s.conns == 0 {
 		// A session with an open socket keeps its connection's trace: the
 		// socket is what its presence (and so its absence) is about.
 		s.setTrace(r.Trace)
 	}
 	c := change{s: s}
-	e.seenLocked(sh, s, e.settings(s.bot), now, &c)
+	e.seenLocked(sh, s, e.bots.settings(s.bot), now, &c)
 	if start || end {
 		e.handoffLocked(sh, s, start, now, &c)
 	}
-	woke := e.finish(sh, &c, now)
+	woke := e.commitIfUrgent(sh, &c, now)
 	sh.mu.Unlock()
 	if woke {
-		e.wake()
+		e.wakeDeliverer()
 	}
 }

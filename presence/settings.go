@@ -1,18 +1,20 @@
 package presence
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
-	"os"
+	"io"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/presence-sidecar/presence-sidecar/store"
 )
+
+// What a bot's presence settings are: their values, validation, names and
+// JSON. Where each bot's settings come from at run time is bots.go.
 
 // Mode says what counts as presence.
 type Mode string
@@ -51,36 +53,6 @@ func (s Settings) ReturnText() string {
 	return s.ReturnMessage
 }
 
-type settingsJSON struct {
-	Enabled       bool   `json:"enabled"`
-	CheckInterval string `json:"checkInterval"`
-	ReturnMessage string `json:"returnMessage"`
-	Mode          Mode   `json:"mode"`
-}
-
-// MarshalJSON uses the PRESENCE_BOTS_FILE names, with the interval as a Go
-// duration string ("2m0s") rather than nanoseconds.
-func (s Settings) MarshalJSON() ([]byte, error) {
-	return json.Marshal(settingsJSON{s.Enabled, s.CheckInterval.String(), s.ReturnMessage, s.Mode.normal()})
-}
-
-// UnmarshalJSON reads what MarshalJSON writes (no validation).
-func (s *Settings) UnmarshalJSON(b []byte) error {
-	var j settingsJSON
-	if err := json.Unmarshal(b, &j); err != nil {
-		return err
-	}
-	var d time.Duration
-	if j.CheckInterval != "" {
-		var err error
-		if d, err = time.ParseDuration(j.CheckInterval); err != nil {
-			return fmt.Errorf("checkInterval %q is not a duration (e.g. \"2m\")", j.CheckInterval)
-		}
-	}
-	*s = Settings{Enabled: j.Enabled, CheckInterval: d, ReturnMessage: j.ReturnMessage, Mode: j.Mode}
-	return nil
-}
-
 func (m Mode) normal() Mode {
 	if m == "" {
 		return ModeConnection
@@ -88,22 +60,116 @@ func (m Mode) normal() Mode {
 	return m
 }
 
-// ValidateSettings checks the interval range (1m–10m unless allowAny, and
-// always positive) and the mode. Errors name the field, the value and what
-// is allowed.
-func ValidateSettings(s Settings, allowAny bool) error {
-	switch {
-	case s.CheckInterval <= 0:
-		return fmt.Errorf("checkInterval %q must be a positive duration", s.CheckInterval)
-	case !allowAny && (s.CheckInterval < MinCheckInterval || s.CheckInterval > MaxCheckInterval):
-		return fmt.Errorf("checkInterval %q is outside %v–%v", s.CheckInterval, MinCheckInterval, MaxCheckInterval)
+// botSettingNames are the names of the per-bot settings, in order. They are
+// spelt once, as the JSON tags of store.BotSettings (PRESENCE_BOTS_FILE, the
+// store and the admin API all use them); the JSON of Settings, the parsing
+// of a change and the clearing of a field all read them from there.
+var botSettingNames = func() []string {
+	t := reflect.TypeFor[store.BotSettings]()
+	names := make([]string, t.NumField())
+	for i := range names {
+		names[i], _, _ = strings.Cut(t.Field(i).Tag.Get("json"), ",")
 	}
-	switch s.Mode {
-	case "", ModeConnection, ModeActivity:
-	default:
-		return fmt.Errorf("mode %q is not one of %s, %s", string(s.Mode), ModeConnection, ModeActivity)
+	return names
+}()
+
+// allowedBotSettings lists botSettingNames for error messages:
+// "enabled, checkInterval, returnMessage, mode".
+var allowedBotSettings = strings.Join(botSettingNames, ", ")
+
+// botSetting is the field of o named name, settable; false for an unknown name.
+func botSetting(o *store.BotSettings, name string) (reflect.Value, bool) {
+	i := slices.Index(botSettingNames, name)
+	if i < 0 {
+		return reflect.Value{}, false
+	}
+	return reflect.ValueOf(o).Elem().Field(i), true
+}
+
+// MarshalJSON writes every field under its PRESENCE_BOTS_FILE name, in
+// order, with the interval as a Go duration string ("2m0s") rather than
+// nanoseconds.
+func (s Settings) MarshalJSON() ([]byte, error) {
+	enabled := s.Enabled
+	o := reflect.ValueOf(store.BotSettings{
+		Enabled: &enabled, CheckInterval: s.CheckInterval.String(), ReturnMessage: s.ReturnMessage, Mode: string(s.Mode.normal()),
+	})
+	// Field by field: json.Marshal(store.BotSettings) would omit the empty ones.
+	b := []byte{'{'}
+	for i, name := range botSettingNames {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		k, _ := json.Marshal(name)
+		v, err := json.Marshal(o.Field(i).Interface())
+		if err != nil {
+			return nil, err
+		}
+		b = append(append(append(b, k...), ':'), v...)
+	}
+	return append(b, '}'), nil
+}
+
+// UnmarshalJSON reads what MarshalJSON writes (no validation).
+func (s *Settings) UnmarshalJSON(b []byte) error {
+	var o store.BotSettings
+	if err := json.Unmarshal(b, &o); err != nil {
+		return err
+	}
+	var d time.Duration
+	if o.CheckInterval != "" {
+		var err error
+		if d, err = time.ParseDuration(o.CheckInterval); err != nil {
+			return notADuration(o.CheckInterval)
+		}
+	}
+	*s = Settings{Enabled: o.Enabled != nil && *o.Enabled, CheckInterval: d, ReturnMessage: o.ReturnMessage, Mode: Mode(o.Mode)}
+	return nil
+}
+
+func notADuration(checkInterval string) error {
+	return fmt.Errorf("checkInterval %q is not a duration (e.g. \"2m\")", checkInterval)
+}
+
+var (
+	errIntervalNotPositive = errors.New("want a positive duration")
+	errIntervalOutOfRange  = fmt.Errorf("want %v to %v (the seed's 1–10 minutes)", MinCheckInterval, MaxCheckInterval)
+)
+
+// CheckInterval checks a check interval: it must be positive and, unless
+// allowAny, within MinCheckInterval–MaxCheckInterval. The error says what
+// is wanted ("want a positive duration", "want 1m0s to 10m0s (the seed's
+// 1–10 minutes)"); the caller names the setting and its value.
+func CheckInterval(d time.Duration, allowAny bool) error {
+	switch {
+	case d <= 0:
+		return errIntervalNotPositive
+	case !allowAny && (d < MinCheckInterval || d > MaxCheckInterval):
+		return errIntervalOutOfRange
 	}
 	return nil
+}
+
+// ValidateSettings checks the interval (CheckInterval) and the mode.
+// Errors name the field, the value and what is allowed, in the words
+// PRESENCE_CHECK_INTERVAL's are written in.
+func ValidateSettings(s Settings, allowAny bool) error {
+	if err := CheckInterval(s.CheckInterval, allowAny); err != nil {
+		return fmt.Errorf("checkInterval %q: %w", s.CheckInterval, err)
+	}
+	if err := CheckMode(s.Mode); err != nil {
+		return fmt.Errorf("mode %q: %w", string(s.Mode), err)
+	}
+	return nil
+}
+
+// CheckMode checks a mode ("" means ModeConnection).
+func CheckMode(m Mode) error {
+	switch m {
+	case "", ModeConnection, ModeActivity:
+		return nil
+	}
+	return fmt.Errorf("want %s or %s", ModeConnection, ModeActivity)
 }
 
 // Resolve merges per-bot overrides over def and validates the result.
@@ -116,7 +182,7 @@ func Resolve(def Settings, o store.BotSettings, allowAny bool) (Settings, error)
 	if v := strings.TrimSpace(o.CheckInterval); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil {
-			return Settings{}, fmt.Errorf("checkInterval %q is not a duration (e.g. \"2m\")", o.CheckInterval)
+			return Settings{}, notADuration(o.CheckInterval)
 		}
 		s.CheckInterval = d
 	}
@@ -151,42 +217,29 @@ func mergeOverrides(base, o store.BotSettings) store.BotSettings {
 	return base
 }
 
-// LoadBotsFile reads PRESENCE_BOTS_FILE, a JSON object mapping a bot id to
-// {"enabled","checkInterval","returnMessage","mode"}, and validates every
-// entry against def. An empty path means no file. Errors name the bot and
-// the field; the caller adds the variable and the path.
-func LoadBotsFile(path string, def Settings, allowAny bool) (map[string]store.BotSettings, error) {
-	if path == "" {
-		return nil, nil
+// ParseBotSettingsChange reads a change of one bot's settings, as the admin
+// API's PUT takes it: a JSON object naming some of the settings (enabled,
+// checkInterval, returnMessage, mode). A setting given as null or "" is
+// cleared (the bot falls back to PRESENCE_BOTS_FILE, then the environment);
+// the others are set. The result is what PutBotSettings takes. Errors name
+// the offending field and, for an unknown one, the allowed ones.
+func ParseBotSettingsChange(r io.Reader) (set store.BotSettings, clear []string, err error) {
+	var fields map[string]json.RawMessage
+	if err := json.NewDecoder(r).Decode(&fields); err != nil {
+		return store.BotSettings{}, nil, fmt.Errorf("body must be a JSON object with %s: %w", allowedBotSettings, err)
 	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err // *fs.PathError: names the path
-	}
-	var raw map[string]json.RawMessage
-	if err := json.Unmarshal(b, &raw); err != nil {
-		return nil, fmt.Errorf("not a JSON object of bot id to settings: %w", err)
-	}
-	out := make(map[string]store.BotSettings, len(raw))
-	// In order, so that the same file always reports the same first error.
-	for _, id := range slices.Sorted(maps.Keys(raw)) {
-		if strings.TrimSpace(id) == "" {
-			return nil, errors.New("a bot id is empty")
+	for name, raw := range fields {
+		field, ok := botSetting(&set, name)
+		if !ok {
+			return store.BotSettings{}, nil, fmt.Errorf("unknown field %q (want %s)", name, allowedBotSettings)
 		}
-		var o store.BotSettings
-		dec := json.NewDecoder(bytes.NewReader(raw[id]))
-		dec.DisallowUnknownFields() // a misspelt field would otherwise be silently ignored
-		if err := dec.Decode(&o); err != nil {
-			var te *json.UnmarshalTypeError
-			if errors.As(err, &te) {
-				err = fmt.Errorf("%s has the wrong type (%s, want %s)", te.Field, te.Value, te.Type)
-			}
-			return nil, fmt.Errorf("bot %q: %v (allowed fields: enabled, checkInterval, returnMessage, mode)", id, err)
+		if string(raw) == "null" || string(raw) == `""` {
+			clear = append(clear, name)
+			continue
 		}
-		if _, err := Resolve(def, o, allowAny); err != nil {
-			return nil, fmt.Errorf("bot %q: %w", id, err)
+		if err := json.Unmarshal(raw, field.Addr().Interface()); err != nil {
+			return store.BotSettings{}, nil, fmt.Errorf("%s: %w", name, err)
 		}
-		out[id] = o
 	}
-	return out, nil
+	return set, clear, nil
 }

@@ -64,7 +64,7 @@ func (e *Engine) span(name string, s *sess, now int64, set *Settings) string {
 	if span.IsRecording() {
 		span.SetAttributes(
 			semconv.SessionID(s.id), tracectx.AttrBotID.String(s.bot), tracectx.AttrEpisode.Int64(int64(s.episode)),
-			tracectx.AttrReason.String(reasonText[s.reason]), tracectx.AttrMode.String(string(set.Mode)), tracectx.AttrHandedOver.Bool(e.handed(s)),
+			tracectx.AttrReason.String(reasonText[s.reason]), tracectx.AttrMode.String(string(set.Mode)), tracectx.AttrHandedOver.Bool(e.isHandedOver(s)),
 		)
 	}
 	span.End(trace.WithTimestamp(at))

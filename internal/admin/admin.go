@@ -5,7 +5,6 @@ package admin
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"sync/atomic"
 
@@ -133,54 +132,29 @@ func (s *Server) handoff(on bool) http.HandlerFunc {
 
 func (s *Server) getBot(w http.ResponseWriter, r *http.Request) {
 	if s.presenceOn(w) {
-		writeJSON(w, http.StatusOK, settingsJSON(s.Engine.BotSettings(r.PathValue("botId"))))
+		writeJSON(w, http.StatusOK, s.Engine.BotSettings(r.PathValue("botId")))
 	}
 }
 
-// putBot changes the fields the body names. A field given as null or ""
-// is cleared: the bot falls back to PRESENCE_BOTS_FILE, then the
-// environment (a blank return message means the default text).
+// putBot changes the fields the body names (presence.ParseBotSettingsChange).
+// A field given as null or "" is cleared: the bot falls back to
+// PRESENCE_BOTS_FILE, then the environment (a blank return message means
+// the default text).
 func (s *Server) putBot(w http.ResponseWriter, r *http.Request) {
 	if !s.presenceOn(w) {
 		return
 	}
-	var fields map[string]json.RawMessage
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&fields); err != nil {
-		writeError(w, http.StatusBadRequest, "body must be a JSON object with enabled, checkInterval, returnMessage, mode: "+err.Error())
-		return
-	}
-	var in store.BotSettings
-	var clear []string
-	for name, raw := range fields {
-		var dst any
-		switch name {
-		case "enabled":
-			dst = &in.Enabled
-		case "checkInterval":
-			dst = &in.CheckInterval
-		case "returnMessage":
-			dst = &in.ReturnMessage
-		case "mode":
-			dst = &in.Mode
-		default:
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("unknown field %q (want enabled, checkInterval, returnMessage, mode)", name))
-			return
-		}
-		if string(raw) == "null" || string(raw) == `""` {
-			clear = append(clear, name)
-			continue
-		}
-		if err := json.Unmarshal(raw, dst); err != nil {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: %v", name, err))
-			return
-		}
-	}
-	got, err := s.Engine.PutBotSettings(r.PathValue("botId"), in, clear...)
+	set, clear, err := presence.ParseBotSettingsChange(http.MaxBytesReader(w, r.Body, 64<<10))
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, settingsJSON(got))
+	got, err := s.Engine.PutBotSettings(r.PathValue("botId"), set, clear...)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, got)
 }
 
 func (s *Server) deadLetters(w http.ResponseWriter, r *http.Request) {
@@ -219,16 +193,6 @@ func (s *Server) replay(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, err.Error())
 	default:
 		writeJSON(w, http.StatusOK, n)
-	}
-}
-
-// settingsJSON shows settings with the names of PRESENCE_BOTS_FILE.
-func settingsJSON(s presence.Settings) map[string]any {
-	return map[string]any{
-		"enabled":       s.Enabled,
-		"checkInterval": s.CheckInterval.String(),
-		"returnMessage": s.ReturnMessage,
-		"mode":          s.Mode,
 	}
 }
 

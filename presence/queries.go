@@ -1,0 +1,48 @@
+package presence
+
+import (
+	"slices"
+	"strings"
+
+	"github.com/presence-sidecar/presence-sidecar/store"
+)
+
+// View is one session as the admin API shows it. Session.Conns is the live
+// connection count (the same as Connections), not the persisted hint.
+type View struct {
+	store.Session
+	Connections int      `json:"connections"`
+	Settings    Settings `json:"settings"`
+}
+
+func (e *Engine) viewLocked(s *sess) View {
+	// UpdatedAt: the last change we know of; the write time is not kept in memory.
+	return View{Session: e.snapshot(s, max(s.lastSeen, s.absentAt)), Connections: int(s.conns), Settings: *e.bots.settings(s.bot)}
+}
+
+// Sessions lists every tracked session, ordered by id.
+func (e *Engine) Sessions() []View {
+	out := []View{} // JSON: [] rather than null when empty
+	for i := range e.shards {
+		sh := &e.shards[i]
+		sh.mu.Lock()
+		for _, s := range sh.sessions {
+			out = append(out, e.viewLocked(s))
+		}
+		sh.mu.Unlock()
+	}
+	slices.SortFunc(out, func(a, b View) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// Session returns one tracked session.
+func (e *Engine) Session(id string) (View, bool) {
+	sh := &e.shards[shardOf(id)]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	s := sh.sessions[id]
+	if s == nil {
+		return View{}, false
+	}
+	return e.viewLocked(s), true
+}

@@ -1,0 +1,14 @@
+package presence
+
+import (
+	"testing"
+	"unsafe"
+)
+
+// TestSessionStructStaysSmall: 80 bytes of state plus the 24+1 of the trace
+// context its transitions belong to (the 112-byte size class).
+func TestSessionStructStaysSmall(t *testing.T) {
+	if got := unsafe.Sizeof(sess{}); got > 104 {
+		t.Fatalf("sess is %d bytes; every byte is paid per tracked session", got)
+	}
+}
