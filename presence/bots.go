@@ -113,6 +113,9 @@ func (e *Engine) PutBotSettings(botID string, o store.BotSettings, clear ...stri
 	if botID == "" {
 		return Settings{}, errors.New("presence: empty bot id")
 	}
+	if len(botID) > store.MaxIDBytes {
+		return Settings{}, ErrIDTooLong
+	}
 	t := &e.bots
 	t.mu.Lock()
 	defer t.mu.Unlock()

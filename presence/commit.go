@@ -1,6 +1,7 @@
 package presence
 
 import (
+	"errors"
 	"fmt"
 	"math"
 
@@ -35,26 +36,61 @@ func (e *Engine) commitIfUrgent(sh *shard, c *change, now int64) bool {
 // commitLocked writes the sessions and notes of chs in one Commit, under
 // sh.mu. It reports whether notifications were committed (call
 // wakeDeliverer after unlocking). On failure the state stays applied in
-// memory and the notes wait in sh.unsent for Flush to retry them.
+// memory and the notes wait in sh.unsent for Flush to retry them. A session
+// the store refuses outright fails only its own write (commitIsolating).
 func (e *Engine) commitLocked(sh *shard, chs []change, now int64) bool {
 	if f := sh.fence; f != nil {
 		<-f
 	}
-	put := make([]store.Session, 0, len(chs))
-	var notes []store.Notification
 	for i := range chs {
 		c := &chs[i]
 		if q := sh.unsent[c.s]; len(q) > 0 {
 			c.notes = append(q[:len(q):len(q)], c.notes...)
 		}
-		put = append(put, e.snapshot(c.s, now))
-		notes = append(notes, c.notes...)
 	}
-	if err := e.store.Commit(put, nil, notes); err != nil {
+	written := make([]bool, len(chs))
+	wrote := false
+	err := commitIsolating(len(chs), func(lo, hi int) error {
+		put := make([]store.Session, 0, hi-lo)
+		var notes []store.Notification
+		for _, c := range chs[lo:hi] {
+			put = append(put, e.snapshot(c.s, now))
+			notes = append(notes, c.notes...)
+		}
+		if err := e.store.Commit(put, nil, notes); err != nil {
+			return err
+		}
+		for i := lo; i < hi; i++ {
+			written[i] = true
+			delete(sh.unsent, chs[i].s)
+			chs[i].s.dirty = false // a stale entry in sh.dirty is skipped by Flush
+		}
+		for _, n := range notes {
+			if n.Kind == store.KindOffline {
+				e.counts.offlineCommitted.Add(1)
+			} else {
+				e.counts.onlineCommitted.Add(1)
+			}
+		}
+		wrote = wrote || len(notes) > 0
+		return nil
+	}, func(i int, err error) {
+		c := chs[i]
+		written[i] = true // never storable: retrying would fail again
+		delete(sh.unsent, c.s)
+		c.s.dirty = false
+		e.counts.commitErrors.Add(1)
+		e.log.Error("presence: the store refuses a session; its decisions live in memory only",
+			zap.Int("session_id_bytes", len(c.s.id)), zap.Int("notifications", len(c.notes)), zap.Error(err))
+	})
+	if err != nil {
 		e.counts.commitErrors.Add(1)
 		e.logStoreError("presence: committing a decision failed; kept in memory, will retry", err,
-			zap.Int("sessions", len(chs)), zap.Int("notifications", len(notes)))
-		for _, c := range chs {
+			zap.Int("sessions", len(chs)))
+		for i, c := range chs {
+			if written[i] {
+				continue
+			}
 			if len(c.notes) > 0 {
 				if sh.unsent == nil {
 					sh.unsent = map[*sess][]store.Notification{}
@@ -63,20 +99,41 @@ func (e *Engine) commitLocked(sh *shard, chs []change, now int64) bool {
 			}
 			sh.markDirty(c.s)
 		}
-		return false
 	}
-	for _, c := range chs {
-		delete(sh.unsent, c.s)
-		c.s.dirty = false // a stale entry in sh.dirty is skipped by Flush
-	}
-	for _, n := range notes {
-		if n.Kind == store.KindOffline {
-			e.counts.offlineCommitted.Add(1)
-		} else {
-			e.counts.onlineCommitted.Add(1)
+	return wrote
+}
+
+// commitIsolating commits items [0, n) by commit(lo, hi). When the store
+// refuses records among them (store.RejectedError: nothing was written, and
+// the same batch would fail again), it halves the range and tries each
+// half, so that one unstorable session costs O(log n) extra commits and
+// fails no unrelated session written with it; refused is called for each
+// single item refused. Any other error is the store failing as a whole: it
+// is returned at once, and the items not yet committed stay for a retry.
+func commitIsolating(n int, commit func(lo, hi int) error, refused func(i int, err error)) error {
+	var try func(lo, hi int) error
+	try = func(lo, hi int) error {
+		err := commit(lo, hi)
+		var rej *store.RejectedError
+		switch {
+		case err == nil:
+			return nil
+		case !errors.As(err, &rej):
+			return err
+		case hi-lo == 1:
+			refused(lo, err)
+			return nil
 		}
+		mid := lo + (hi-lo)/2
+		if err := try(lo, mid); err != nil {
+			return err
+		}
+		return try(mid, hi)
 	}
-	return len(notes) > 0
+	if n == 0 {
+		return nil
+	}
+	return try(0, n)
 }
 
 // Flush writes pending non-decision changes (connections, last seen,
@@ -122,7 +179,25 @@ func (e *Engine) Flush() error {
 	}
 	var err error
 	if len(put) > 0 || len(forget) > 0 {
-		err = e.store.Commit(put, forget, nil)
+		// The forgotten ids go with the first part written; a refused
+		// session is dropped from the batch (it is never storable).
+		err = commitIsolating(max(len(put), 1), func(lo, hi int) error {
+			var f []string
+			if lo == 0 {
+				f = forget
+			}
+			if err := e.store.Commit(put[lo:min(hi, len(put))], f, nil); err != nil {
+				return err
+			}
+			if lo == 0 {
+				forget = nil
+			}
+			return nil
+		}, func(i int, err error) {
+			e.counts.commitErrors.Add(1)
+			e.log.Error("presence: the store refuses a session; its state lives in memory only",
+				zap.Int("session_id_bytes", len(put[i].ID)), zap.Error(err))
+		})
 	}
 	close(done)
 	if err != nil {

@@ -117,6 +117,7 @@ type Engine struct {
 	loop               runLoop
 	counts             counters
 	storeErrorLoggedAt atomic.Int64 // Unix nanoseconds; see logStoreError
+	idRefusedLoggedAt  atomic.Int64 // Unix nanoseconds; see boundIDs
 }
 
 // matchRules are the rule sets messages are matched against. Read-only.
@@ -151,6 +152,7 @@ type counters struct {
 	offlineCommitted atomic.Uint64 // client.offline notifications written
 	onlineCommitted  atomic.Uint64 // client.online notifications written
 	commitErrors     atomic.Uint64
+	idsRefused       atomic.Uint64 // ids longer than store.MaxIDBytes, not tracked
 }
 
 var _ event.Observer = (*Engine)(nil)
@@ -255,10 +257,43 @@ func (e *Engine) wakeDeliverer() {
 // logStoreError logs at most one store failure per retryDelay: a store that
 // is down would otherwise log on every flush and every decision.
 func (e *Engine) logStoreError(msg string, err error, fields ...zap.Field) {
-	now := time.Now().UnixNano()
-	last := e.storeErrorLoggedAt.Load()
-	if now-last < int64(retryDelay) || !e.storeErrorLoggedAt.CompareAndSwap(last, now) {
-		return
+	if logDue(&e.storeErrorLoggedAt) {
+		e.log.Error(msg, append(fields, zap.Error(err), zap.Uint64("store_errors_so_far", e.counts.commitErrors.Load()))...)
 	}
-	e.log.Error(msg, append(fields, zap.Error(err), zap.Uint64("store_errors_so_far", e.counts.commitErrors.Load()))...)
+}
+
+// logDue reports whether a repeated log line may be written now: at most
+// one per retryDelay, so that a fault hit on every event cannot flood the log.
+func logDue(lastAt *atomic.Int64) bool {
+	now := time.Now().UnixNano()
+	last := lastAt.Load()
+	return now-last >= int64(retryDelay) && lastAt.CompareAndSwap(last, now)
+}
+
+// ErrIDTooLong is the error of an API call naming a session or bot id
+// longer than store.MaxIDBytes.
+var ErrIDTooLong = fmt.Errorf("presence: an id is longer than %d bytes", store.MaxIDBytes)
+
+// boundIDs drops from who an id longer than store.MaxIDBytes: such a
+// session is not tracked (its traffic passes untouched, like a connection
+// without a session id) and such a bot id is not used. A store refuses the
+// id anyway; refusing it here keeps it out of every batch, where it would
+// fail the unrelated sessions written with it.
+func (e *Engine) boundIDs(who event.Identity) event.Identity {
+	if len(who.SessionID) <= store.MaxIDBytes && len(who.BotID) <= store.MaxIDBytes {
+		return who
+	}
+	e.counts.idsRefused.Add(1)
+	if logDue(&e.idRefusedLoggedAt) {
+		e.log.Warn("presence: an id longer than the bound is not tracked",
+			zap.Int("session_id_bytes", len(who.SessionID)), zap.Int("bot_id_bytes", len(who.BotID)),
+			zap.Int("bound", store.MaxIDBytes), zap.Uint64("refused_so_far", e.counts.idsRefused.Load()))
+	}
+	if len(who.SessionID) > store.MaxIDBytes {
+		who.SessionID = ""
+	}
+	if len(who.BotID) > store.MaxIDBytes {
+		who.BotID = ""
+	}
+	return who
 }

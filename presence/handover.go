@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
+	"github.com/presence-sidecar/presence-sidecar/store"
 )
 
 // How a hand-over to a human is detected. The transition itself is
@@ -62,6 +63,9 @@ func (e *Engine) SetHandoff(sessionID, botID string, on bool) error {
 	}
 	if sessionID == "" {
 		return errors.New("presence: empty session id")
+	}
+	if len(sessionID) > store.MaxIDBytes || len(botID) > store.MaxIDBytes {
+		return ErrIDTooLong
 	}
 	now := e.now()
 	sh := &e.shards[shardOf(sessionID)]

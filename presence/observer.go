@@ -41,7 +41,7 @@ func (e *Engine) attach(id, bot string, tr *traceRef) (*sess, bool) {
 func (e *Engine) ConnOpened(id event.ConnID, o event.Open) {
 	var c conn
 	woke := false
-	who := o.Who
+	who := e.boundIDs(o.Who)
 	var tr *traceRef
 	if t, ok := parseTrace(o.Trace); ok {
 		tr = &t
@@ -65,6 +65,7 @@ func (e *Engine) ConnOpened(id event.ConnID, o event.Open) {
 
 // ConnIdentified implements event.Observer.
 func (e *Engine) ConnIdentified(id event.ConnID, who event.Identity) {
+	who = e.boundIDs(who)
 	if who.SessionID == "" && who.BotID == "" {
 		return
 	}
@@ -184,7 +185,7 @@ func (e *Engine) ConnClosed(id event.ConnID, reason event.CloseReason) {
 // of presence (and activity) in either mode; its body is matched against the
 // hand-over rules as a client message.
 func (e *Engine) HTTPRequest(r event.Request) {
-	who := r.Who
+	who := e.boundIDs(r.Who)
 	if who.SessionID == "" {
 		e.counts.untrackedReqs.Add(1)
 		return

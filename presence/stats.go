@@ -24,7 +24,8 @@ type Stats struct {
 	OnlineCommitted      uint64      `json:"onlineCommitted"`  // client.online notifications written to the outbox
 	UnsentNotifications  int         `json:"unsentNotifications"`
 	CommitErrors         uint64      `json:"commitErrors"`
-	Deadlines            int         `json:"deadlines"` // heap entries, stale ones included
+	IDsRefused           uint64      `json:"idsRefused"` // ids longer than store.MaxIDBytes, not tracked, since start
+	Deadlines            int         `json:"deadlines"`  // heap entries, stale ones included
 }
 
 // Stats counts sessions by state, connections and transitions.
@@ -39,6 +40,7 @@ func (e *Engine) Stats() Stats {
 		OfflineCommitted: e.counts.offlineCommitted.Load(),
 		OnlineCommitted:  e.counts.onlineCommitted.Load(),
 		CommitErrors:     e.counts.commitErrors.Load(),
+		IDsRefused:       e.counts.idsRefused.Load(),
 	}
 	for i := range e.shards {
 		sh := &e.shards[i]

@@ -315,8 +315,8 @@ func (b *Bolt) Replay(id string) (Notification, error) {
 }
 
 func (b *Bolt) PutBot(botID string, s BotSettings) error {
-	if botID == "" {
-		return errEmptyBotID
+	if err := validateBotID(botID); err != nil {
+		return err
 	}
 	v, err := json.Marshal(s)
 	if err != nil {

@@ -2,6 +2,7 @@ package store
 
 import (
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -13,12 +14,35 @@ const (
 	deadLimit = 10_000
 )
 
+// MaxIDBytes bounds session and bot ids, for every store: bbolt refuses keys
+// over 32 KiB, and an id that long is no client's but an attacker's. The
+// presence engine does not track ids over it (they never reach a store);
+// Commit refuses them too, so that no caller can poison a batch.
+const MaxIDBytes = 512
+
+// RejectedError is Commit's error when some of its records can never be
+// stored: nothing was written, and the same batch would fail the same way
+// again. SessionIDs names the sessions at fault (shortened to MaxIDBytes),
+// so that a caller can set them aside and commit the rest.
+type RejectedError struct {
+	SessionIDs []string
+	Reason     string
+}
+
+func (e *RejectedError) Error() string {
+	return fmt.Sprintf("store: commit refused for %d session(s), %s", len(e.SessionIDs), e.Reason)
+}
+
 // validateCommit rejects what no store can key: every store checks the same
 // things before writing anything, so a bad Commit fails the same way everywhere.
 func validateCommit(put []Session, forget []string, notes []Notification) error {
+	var tooLong []string
 	for _, s := range put {
 		if s.ID == "" {
 			return errors.New("store: commit: session with an empty id")
+		}
+		if len(s.ID) > MaxIDBytes || len(s.BotID) > MaxIDBytes {
+			tooLong = append(tooLong, s.ID[:min(len(s.ID), MaxIDBytes)])
 		}
 	}
 	for _, id := range forget {
@@ -30,11 +54,26 @@ func validateCommit(put []Session, forget []string, notes []Notification) error 
 		if n.ID == "" {
 			return errors.New("store: commit: notification with an empty id (the webhook-id)")
 		}
+		if len(n.SessionID) > MaxIDBytes || len(n.BotID) > MaxIDBytes {
+			tooLong = append(tooLong, n.SessionID[:min(len(n.SessionID), MaxIDBytes)])
+		}
+	}
+	if tooLong != nil {
+		return &RejectedError{SessionIDs: tooLong, Reason: fmt.Sprintf("a session or bot id is longer than %d bytes", MaxIDBytes)}
 	}
 	return nil
 }
 
-var errEmptyBotID = errors.New("store: bot settings with an empty bot id")
+// validateBotID rejects a bot id no store can key.
+func validateBotID(botID string) error {
+	switch {
+	case botID == "":
+		return errors.New("store: bot settings with an empty bot id")
+	case len(botID) > MaxIDBytes:
+		return fmt.Errorf("store: bot id of %d bytes, longer than %d", len(botID), MaxIDBytes)
+	}
+	return nil
+}
 
 // stampDelivered and stampDead fill in the time of the outcome when the caller did not.
 func stampDelivered(n Notification) Notification {

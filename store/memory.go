@@ -175,8 +175,8 @@ func (m *Memory) Bots() (map[string]BotSettings, error) {
 }
 
 func (m *Memory) PutBot(botID string, s BotSettings) error {
-	if botID == "" {
-		return errEmptyBotID
+	if err := validateBotID(botID); err != nil {
+		return err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -122,7 +122,7 @@ func (s *Server) handoff(on bool) http.HandlerFunc {
 		}
 		id := r.PathValue("id")
 		if err := s.Engine.SetHandoff(id, r.URL.Query().Get("botId"), on); err != nil {
-			writeError(w, http.StatusConflict, err.Error())
+			writeError(w, statusOf(err, http.StatusConflict), err.Error())
 			return
 		}
 		v, _ := s.Engine.Session(id)
@@ -151,7 +151,7 @@ func (s *Server) putBot(w http.ResponseWriter, r *http.Request) {
 	}
 	got, err := s.Engine.PutBotSettings(r.PathValue("botId"), set, clear...)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		writeError(w, statusOf(err, http.StatusBadRequest), err.Error())
 		return
 	}
 	writeJSON(w, http.StatusOK, got)
@@ -194,6 +194,15 @@ func (s *Server) replay(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeJSON(w, http.StatusOK, n)
 	}
+}
+
+// statusOf is the HTTP status of an engine's error: 414 for an id over the
+// bound (as nginx answers an over-long request line), else def.
+func statusOf(err error, def int) int {
+	if errors.Is(err, presence.ErrIDTooLong) {
+		return http.StatusRequestURITooLong
+	}
+	return def
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

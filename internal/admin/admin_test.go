@@ -114,3 +114,37 @@ func TestPresenceOffAndReadiness(t *testing.T) {
 		t.Fatalf("draining readyz: %d", code)
 	}
 }
+
+// An id over the bound in the path gets 414, as nginx answers an over-long
+// request line, and nothing is tracked or stored.
+func TestOverlongIDInPathIs414(t *testing.T) {
+	st := store.NewMemory()
+	s := &Server{Token: "sekret", Engine: newEngine(t, st), Store: st}
+	h := s.Handler()
+	long := strings.Repeat("x", store.MaxIDBytes+1)
+	if code, body := do(t, h, "PUT", "/v1/sessions/"+long+"/handoff", "sekret", ""); code != http.StatusRequestURITooLong {
+		t.Fatalf("PUT handoff with a long session id: %d %s", code, body)
+	}
+	if code, body := do(t, h, "PUT", "/v1/bots/"+long+"/presence", "sekret", `{"mode":"activity"}`); code != http.StatusRequestURITooLong {
+		t.Fatalf("PUT bot settings with a long bot id: %d %s", code, body)
+	}
+	if list, _ := st.Sessions(); len(list) != 0 {
+		t.Fatalf("%d sessions stored", len(list))
+	}
+}
+
+// The token is accepted as the password of Basic authentication too, which
+// a browser sends by itself once asked (the status page's login).
+func TestTokenAsBasicPassword(t *testing.T) {
+	st := store.NewMemory()
+	h := (&Server{Token: "sekret", Engine: newEngine(t, st), Store: st}).Handler()
+	for pw, want := range map[string]int{"sekret": http.StatusOK, "wrong": http.StatusUnauthorized} {
+		req := httptest.NewRequest("GET", "/v1/sessions", nil)
+		req.SetBasicAuth("admin", pw)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != want {
+			t.Errorf("Basic password %q: %d, want %d", pw, rec.Code, want)
+		}
+	}
+}

@@ -32,6 +32,7 @@ const (
 	mTransitions         = "presence_sidecar.transitions"
 	mNotificationsQueued = "presence_sidecar.notifications_queued"
 	mStoreErrors         = "presence_sidecar.store_errors"
+	mIDsRefused          = "presence_sidecar.ids_refused"
 	mOutboxDepth         = "presence_sidecar.outbox_depth"
 	mNotifications       = "presence_sidecar.notifications"
 	mDeliveryLatency     = "presence_sidecar.delivery_latency"
@@ -134,6 +135,7 @@ func (x *metrics) observe(m metric.MeterProvider, p *proxy.Proxy, e *presence.En
 	transitions := counter(mTransitions, "{transition}", "Presence transitions by kind (absent, returned, handoff_started, handoff_ended).")
 	queued := counter(mNotificationsQueued, "{notification}", "Notifications written to the outbox, by kind.")
 	storeErrs := counter(mStoreErrors, "{error}", "Failed writes of presence decisions to the store (retried).")
+	idsRefused := counter(mIDsRefused, "{id}", "Session or bot ids longer than the bound (512 bytes), not tracked.")
 	depth := gauge(mOutboxDepth, "{notification}", "Notifications waiting for delivery.")
 	// One callback: Stats walks every session once per collection.
 	_, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
@@ -149,9 +151,10 @@ func (x *metrics) observe(m metric.MeterProvider, p *proxy.Proxy, e *presence.En
 		o.ObserveInt64(queued, int64(s.OfflineCommitted), attrs("kind", "client.offline"))
 		o.ObserveInt64(queued, int64(s.OnlineCommitted), attrs("kind", "client.online"))
 		o.ObserveInt64(storeErrs, int64(s.CommitErrors))
+		o.ObserveInt64(idsRefused, int64(s.IDsRefused))
 		o.ObserveInt64(depth, int64(d.Depth()))
 		return nil
-	}, sessions, handed, untrackedConns, transitions, queued, storeErrs, depth)
+	}, sessions, handed, untrackedConns, transitions, queued, storeErrs, idsRefused, depth)
 	errs = append(errs, err)
 	return errors.Join(errs...)
 }

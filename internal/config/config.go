@@ -27,58 +27,97 @@ import (
 // README's variable table (a test keeps the two in step).
 type Config struct {
 	// Data plane
-	ListenAddr        string        `env:"LISTEN_ADDR" envDefault:":8080" desc:"proxy listener"`
+	ListenAddr        string        `env:"LISTEN_ADDR" desc:"proxy listener"`
 	UpstreamURL       string        `env:"UPSTREAM_URL,required" desc:"the conversation service (http://, https://, ws://, wss://)"`
-	ReadHeaderTimeout time.Duration `env:"READ_HEADER_TIMEOUT" envDefault:"10s" desc:"time a client has to send its request headers"`
-	MaxHeaderBytes    int           `env:"MAX_HEADER_BYTES" envDefault:"65536" desc:"largest request header block; larger gets 431"`
-	MaxConnections    int           `env:"MAX_CONNECTIONS" envDefault:"0" desc:"requests in progress plus open WebSockets allowed (0 = no cap); over it: 503"`
-	DialTimeout       time.Duration `env:"UPSTREAM_DIAL_TIMEOUT" envDefault:"10s" desc:"time to connect to the upstream and, for WebSockets, to get its handshake answer; then 502"`
-	TCPKeepAlive      time.Duration `env:"TCP_KEEPALIVE" envDefault:"30s" desc:"TCP keep-alive period on client and upstream sockets"`
-	InspectBytes      int           `env:"INSPECT_BYTES" envDefault:"4096" desc:"bytes of each message (after inflation) and HTTP body that ids and rules look at"`
-	ProbeInterval     time.Duration `env:"PROBE_INTERVAL" envDefault:"25s" desc:"liveness Ping to each WebSocket client (0 = off)"`
-	ProbeTimeout      time.Duration `env:"PROBE_TIMEOUT" envDefault:"20s" desc:"no Pong within this after a probe: the connection is dead and both sides are closed"`
-	SessionIDFrom     string        `env:"SESSION_ID_FROM" envDefault:"query:sessionId,header:X-Session-Id,frame:data.sessionId,body:sessionId" desc:"where a session id comes from, tried in order"`
-	BotIDFrom         string        `env:"BOT_ID_FROM" envDefault:"query:botId,frame:data.botId,body:botId" desc:"where a bot id comes from, tried in order"`
+	ReadHeaderTimeout time.Duration `env:"READ_HEADER_TIMEOUT" desc:"time a client has to send its request headers"`
+	MaxHeaderBytes    int           `env:"MAX_HEADER_BYTES" desc:"largest request header block; larger gets 431"`
+	MaxConnections    int           `env:"MAX_CONNECTIONS" desc:"requests in progress plus open WebSockets allowed (0 = no cap); over it: 503"`
+	DialTimeout       time.Duration `env:"UPSTREAM_DIAL_TIMEOUT" desc:"time to connect to the upstream and, for WebSockets, to get its handshake answer; then 502"`
+	TCPKeepAlive      time.Duration `env:"TCP_KEEPALIVE" desc:"TCP keep-alive period on client and upstream sockets"`
+	InspectBytes      int           `env:"INSPECT_BYTES" desc:"bytes of each message (after inflation) and HTTP body that ids and rules look at"`
+	ProbeInterval     time.Duration `env:"PROBE_INTERVAL" desc:"liveness Ping to each WebSocket client (0 = off)"`
+	ProbeTimeout      time.Duration `env:"PROBE_TIMEOUT" desc:"no Pong within this after a probe: the connection is dead and both sides are closed"`
+	SessionIDFrom     string        `env:"SESSION_ID_FROM" desc:"where a session id comes from, tried in order"`
+	BotIDFrom         string        `env:"BOT_ID_FROM" desc:"where a bot id comes from, tried in order"`
 
 	// Presence
-	PresenceEnabled       bool          `env:"PRESENCE_ENABLED" envDefault:"false" desc:"monitor client presence (off: a pure proxy)"`
-	PresenceCheckInterval time.Duration `env:"PRESENCE_CHECK_INTERVAL" envDefault:"2m" desc:"time without presence before a session is absent (1m–10m)"`
-	PresenceAllowAny      bool          `env:"PRESENCE_ALLOW_ANY_INTERVAL" envDefault:"false" desc:"lift the 1m–10m range (tests, demos)"`
+	PresenceEnabled       bool          `env:"PRESENCE_ENABLED" desc:"monitor client presence (off: a pure proxy)"`
+	PresenceCheckInterval time.Duration `env:"PRESENCE_CHECK_INTERVAL" desc:"time without presence before a session is absent (1m–10m)"`
+	PresenceAllowAny      bool          `env:"PRESENCE_ALLOW_ANY_INTERVAL" desc:"lift the 1m–10m range (tests, demos)"`
 	PresenceReturnMessage string        `env:"PRESENCE_RETURN_MESSAGE" desc:"text sent when an absent client returns (blank: O cliente voltou a ficar online.)"`
-	PresenceMode          string        `env:"PRESENCE_MODE" envDefault:"connection" desc:"connection or activity"`
-	PresenceIgnore        string        `env:"PRESENCE_IGNORE" envDefault:"client:action=keep_alive" desc:"frames that are not activity (rules)"`
+	PresenceMode          string        `env:"PRESENCE_MODE" desc:"connection or activity"`
+	PresenceIgnore        string        `env:"PRESENCE_IGNORE" desc:"frames that are not activity (rules)"`
 	PresenceBotsFile      string        `env:"PRESENCE_BOTS_FILE" desc:"JSON file of per-bot settings"`
-	PresenceForgetAfter   time.Duration `env:"PRESENCE_FORGET_AFTER" envDefault:"24h" desc:"idle sessions are forgotten after this"`
+	PresenceForgetAfter   time.Duration `env:"PRESENCE_FORGET_AFTER" desc:"idle sessions are forgotten after this"`
 
 	// Hand-over
-	HandoffDetect        string        `env:"HANDOFF_DETECT" envDefault:"rules,api" desc:"always, rules, api (comma list)"`
-	HandoffStartMatch    string        `env:"HANDOFF_START_MATCH" envDefault:"server:data.isTransfer=true" desc:"rules that start a hand-over"`
-	HandoffEndMatch      string        `env:"HANDOFF_END_MATCH" envDefault:"server:action=end_conversation&data.isTransfer!=true" desc:"rules that end a hand-over"`
+	HandoffDetect        string        `env:"HANDOFF_DETECT" desc:"always, rules, api (comma list)"`
+	HandoffStartMatch    string        `env:"HANDOFF_START_MATCH" desc:"rules that start a hand-over"`
+	HandoffEndMatch      string        `env:"HANDOFF_END_MATCH" desc:"rules that end a hand-over"`
 	HandoffURL           string        `env:"HANDOFF_URL" desc:"the human-service platform (required when PRESENCE_ENABLED)"`
-	HandoffExpirePath    string        `env:"HANDOFF_EXPIRE_PATH" envDefault:"/expire" desc:"path of the offline notification"`
-	HandoffMessagePath   string        `env:"HANDOFF_MESSAGE_PATH" envDefault:"/message" desc:"path of the return message"`
+	HandoffExpirePath    string        `env:"HANDOFF_EXPIRE_PATH" desc:"path of the offline notification"`
+	HandoffMessagePath   string        `env:"HANDOFF_MESSAGE_PATH" desc:"path of the return message"`
 	HandoffToken         string        `env:"HANDOFF_TOKEN" desc:"sent as Authorization: Bearer"`
 	HandoffSigningSecret string        `env:"HANDOFF_SIGNING_SECRET" desc:"whsec_… secret for Standard Webhooks signatures"`
-	HandoffTimeout       time.Duration `env:"HANDOFF_TIMEOUT" envDefault:"10s" desc:"time a delivery attempt may take"`
-	HandoffRetryMaxDelay time.Duration `env:"HANDOFF_RETRY_MAX_DELAY" envDefault:"5m" desc:"longest wait between retries"`
-	HandoffRetryFor      time.Duration `env:"HANDOFF_RETRY_FOR" envDefault:"24h" desc:"how long a notification is retried before it is dead-lettered"`
+	HandoffTimeout       time.Duration `env:"HANDOFF_TIMEOUT" desc:"time a delivery attempt may take"`
+	HandoffRetryMaxDelay time.Duration `env:"HANDOFF_RETRY_MAX_DELAY" desc:"longest wait between retries"`
+	HandoffRetryFor      time.Duration `env:"HANDOFF_RETRY_FOR" desc:"how long a notification is retried before it is dead-lettered"`
 
 	// State
-	DataDir  string `env:"DATA_DIR" envDefault:"./data" desc:"embedded state and outbox"`
+	DataDir  string `env:"DATA_DIR" desc:"embedded state and outbox"`
 	RedisURL string `env:"REDIS_URL" desc:"cluster mode (state in Redis, several replicas): not in this version; setting it stops start-up"`
 
 	// Admin and lifecycle
-	AdminAddr     string        `env:"ADMIN_ADDR" envDefault:"127.0.0.1:9090" desc:"admin listener: /healthz /readyz /metrics /v1/ and the status page"`
+	AdminAddr     string        `env:"ADMIN_ADDR" desc:"admin listener: /healthz /readyz /metrics /v1/ and the status page"`
 	AdminToken    string        `env:"ADMIN_TOKEN" desc:"Bearer token for /v1/ (unset: the API is off)"`
-	LogLevel      string        `env:"LOG_LEVEL" envDefault:"info" desc:"debug, info, warn, error"`
-	LogFormat     string        `env:"LOG_FORMAT" envDefault:"json" desc:"json or console"`
-	ShutdownGrace time.Duration `env:"SHUTDOWN_GRACE" envDefault:"30s" desc:"on SIGTERM, time open connections get before they are closed with 1001"`
+	LogLevel      string        `env:"LOG_LEVEL" desc:"debug, info, warn, error"`
+	LogFormat     string        `env:"LOG_FORMAT" desc:"json or console"`
+	ShutdownGrace time.Duration `env:"SHUTDOWN_GRACE" desc:"on SIGTERM, time open connections get before they are closed with 1001"`
+}
+
+// Defaults is the configuration when no variable is set. Where a library
+// has a default of its own, this refers to it, so that each default is
+// defined once; the rest are the sidecar's product defaults.
+func Defaults() Config {
+	return Config{
+		ListenAddr:        ":8080",
+		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		DialTimeout:       proxy.DefaultDialTimeout,
+		TCPKeepAlive:      30 * time.Second,
+		InspectBytes:      proxy.DefaultInspectBytes,
+		ProbeInterval:     25 * time.Second, // with PROBE_TIMEOUT: a dead client found within ~45 s, as Socket.IO does
+		ProbeTimeout:      20 * time.Second,
+		SessionIDFrom:     "query:sessionId,header:X-Session-Id,frame:data.sessionId,body:sessionId",
+		BotIDFrom:         "query:botId,frame:data.botId,body:botId",
+
+		PresenceCheckInterval: 2 * time.Minute,
+		PresenceMode:          string(presence.ModeConnection),
+		PresenceIgnore:        "client:action=keep_alive",
+		PresenceForgetAfter:   presence.DefaultForgetAfter,
+
+		HandoffDetect:        "rules,api",
+		HandoffStartMatch:    "server:data.isTransfer=true",
+		HandoffEndMatch:      "server:action=end_conversation&data.isTransfer!=true",
+		HandoffExpirePath:    handoff.DefaultExpirePath,
+		HandoffMessagePath:   handoff.DefaultMessagePath,
+		HandoffTimeout:       handoff.DefaultTimeout,
+		HandoffRetryMaxDelay: handoff.DefaultRetryMaxDelay,
+		HandoffRetryFor:      handoff.DefaultRetryFor,
+
+		DataDir:       "./data",
+		AdminAddr:     "127.0.0.1:9090",
+		LogLevel:      "info",
+		LogFormat:     "json",
+		ShutdownGrace: 30 * time.Second,
+	}
 }
 
 // Load reads and validates the configuration from environ (os.Environ() form).
+// A variable that is not set keeps its value from Defaults.
 func Load(environ []string) (Config, error) {
 	vars := env.ToMap(environ)
-	var c Config
+	c := Defaults()
 	if err := env.ParseWithOptions(&c, env.Options{Environment: vars}); err != nil {
 		return c, explain(err, vars)
 	}
@@ -89,11 +128,33 @@ func Load(environ []string) (Config, error) {
 func Vars() []Var {
 	var out []Var
 	t := reflect.TypeOf(Config{})
+	defaults := reflect.ValueOf(Defaults())
 	for i := range t.NumField() {
 		f := t.Field(i)
-		out = append(out, Var{Name: varName(f), Default: f.Tag.Get("envDefault"), Desc: f.Tag.Get("desc"), Required: strings.Contains(f.Tag.Get("env"), ",required")})
+		out = append(out, Var{Name: varName(f), Default: showDefault(defaults.Field(i)), Desc: f.Tag.Get("desc"), Required: strings.Contains(f.Tag.Get("env"), ",required")})
 	}
 	return out
+}
+
+// showDefault writes a default as an operator would set it: durations
+// without trailing zero units ("2m", "24h"), booleans and numbers as
+// themselves, "" for none.
+func showDefault(v reflect.Value) string {
+	switch x := v.Interface().(type) {
+	case time.Duration:
+		s := x.String()
+		if strings.HasSuffix(s, "m0s") {
+			s = strings.TrimSuffix(s, "0s")
+		}
+		if strings.HasSuffix(s, "h0m") {
+			s = strings.TrimSuffix(s, "0m")
+		}
+		return s
+	case string:
+		return x
+	default:
+		return fmt.Sprint(x)
+	}
 }
 
 // varName is the variable a Config field is read from.
@@ -195,14 +256,15 @@ func (c Config) validate() error {
 	if !oneOf(c.LogLevel, "debug", "info", "warn", "error") {
 		errs = append(errs, bad("LOG_LEVEL", c.LogLevel, "want debug, info, warn or error"))
 	}
-	if c.PresenceCheckInterval <= 0 {
-		errs = append(errs, bad("PRESENCE_CHECK_INTERVAL", c.PresenceCheckInterval.String(), "want a positive duration"))
-	} else if !c.PresenceAllowAny && (c.PresenceCheckInterval < presence.MinCheckInterval || c.PresenceCheckInterval > presence.MaxCheckInterval) {
-		errs = append(errs, bad("PRESENCE_CHECK_INTERVAL", c.PresenceCheckInterval.String(),
-			fmt.Sprintf("want %v to %v (the seed's 1–10 minutes; PRESENCE_ALLOW_ANY_INTERVAL=true lifts the range for tests and demos)", presence.MinCheckInterval, presence.MaxCheckInterval)))
+	if err := presence.CheckInterval(c.PresenceCheckInterval, c.PresenceAllowAny); err != nil {
+		hint := ""
+		if c.PresenceCheckInterval > 0 {
+			hint = "; PRESENCE_ALLOW_ANY_INTERVAL=true lifts the range for tests and demos"
+		}
+		errs = append(errs, bad("PRESENCE_CHECK_INTERVAL", c.PresenceCheckInterval.String(), err.Error()+hint))
 	}
-	if !oneOf(c.PresenceMode, string(presence.ModeConnection), string(presence.ModeActivity)) {
-		errs = append(errs, bad("PRESENCE_MODE", c.PresenceMode, "want connection or activity"))
+	if err := presence.CheckMode(presence.Mode(c.PresenceMode)); err != nil {
+		errs = append(errs, bad("PRESENCE_MODE", c.PresenceMode, err.Error()))
 	}
 	if _, err := c.HandoffDetection(); err != nil {
 		errs = append(errs, err)
@@ -309,24 +371,11 @@ func (c Config) PresenceDefaults() presence.Settings {
 	}
 }
 
-// Detection is the parsed HANDOFF_DETECT.
-type Detection struct{ Always, Rules, API bool }
-
 // HandoffDetection parses HANDOFF_DETECT.
-func (c Config) HandoffDetection() (Detection, error) {
-	var d Detection
-	for _, w := range strings.Split(c.HandoffDetect, ",") {
-		switch strings.TrimSpace(w) {
-		case "always":
-			d.Always = true
-		case "rules":
-			d.Rules = true
-		case "api":
-			d.API = true
-		case "":
-		default:
-			return d, bad("HANDOFF_DETECT", c.HandoffDetect, "want a comma list of always, rules, api")
-		}
+func (c Config) HandoffDetection() (presence.Detect, error) {
+	d, err := presence.ParseDetect(c.HandoffDetect)
+	if err != nil {
+		return d, bad("HANDOFF_DETECT", c.HandoffDetect, err.Error())
 	}
 	return d, nil
 }

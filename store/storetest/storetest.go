@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -45,6 +46,7 @@ var Cases = []Case{
 	{"CommitAssignsSeqInOrder", testCommitSeq},
 	{"CommitPutForget", testCommitPutForget},
 	{"CommitAtomicOnError", testCommitAtomic},
+	{"CommitRefusesOverlongIDsNamingThem", testOverlongIDs},
 	{"CommitRoundTripsEveryField", testRoundTrip},
 	{"PendingOrderAcrossCommits", testPendingOrder},
 	{"AttemptedPersistsFields", testAttempted},
@@ -220,6 +222,42 @@ func testCommitPutForget(t *testing.T, s store.Store) {
 	if _, ok := sessions(t, s)["d"]; ok {
 		t.Fatal("put+forget of one id in one Commit: want it forgotten")
 	}
+}
+
+// An id over MaxIDBytes (bbolt refuses keys over 32 KiB) is refused before
+// anything is written, with a RejectedError that names the session, so that
+// the caller can commit the rest without it; an id of MaxIDBytes is stored.
+func testOverlongIDs(t *testing.T, s store.Store) {
+	long := strings.Repeat("x", 40<<10)
+	longBot := Sess("ok-session-long-bot")
+	longBot.BotID = long
+	for _, c := range []struct {
+		name  string
+		put   []store.Session
+		notes []store.Notification
+	}{
+		{"session id", []store.Session{Sess("fine"), Sess(long)}, []store.Notification{Note("n-fine", "fine")}},
+		{"bot id", []store.Session{Sess("fine"), longBot}, nil},
+		{"notification's session id", []store.Session{Sess("fine")}, []store.Notification{Note("n-long", long)}},
+	} {
+		err := s.Commit(c.put, nil, c.notes)
+		var rej *store.RejectedError
+		if !errors.As(err, &rej) || len(rej.SessionIDs) != 1 || len(rej.SessionIDs[0]) > store.MaxIDBytes {
+			t.Fatalf("%s: Commit = %v, want a RejectedError naming one session", c.name, err)
+		}
+		if len(sessions(t, s)) != 0 || len(pending(t, s)) != 0 {
+			t.Fatalf("%s: a refused Commit wrote something", c.name)
+		}
+	}
+	if err := s.PutBot(long, store.BotSettings{Mode: "activity"}); err == nil {
+		t.Fatal("PutBot with a 40 KiB bot id succeeded")
+	}
+	edge := strings.Repeat("y", store.MaxIDBytes)
+	must(t, s.Commit([]store.Session{Sess(edge)}, nil, []store.Notification{Note("n-edge", edge)}))
+	if got := sessions(t, s); len(got) != 1 || got[edge].ID != edge {
+		t.Fatalf("an id of MaxIDBytes was not stored: %d sessions", len(got))
+	}
+	must(t, s.PutBot(edge, store.BotSettings{Mode: "activity"}))
 }
 
 func testCommitAtomic(t *testing.T, s store.Store) {
