@@ -121,8 +121,11 @@ func (d *Deliverer) attempt(n store.Notification) attemptReport {
 		err = d.o.Store.Attempted(n)
 	case Dead:
 		n.DeadAt, n.NextAttemptAt = now, time.Time{}
-		err = d.o.Store.DeadLetter(n)
-		d.dead.remember(n)
+		// Remembered only once it is a dead letter: if the write failed, n
+		// stays in the outbox and may yet be delivered.
+		if err = d.o.Store.DeadLetter(n); err == nil {
+			d.dead.remember(n)
+		}
 	}
 
 	d.endSpan(span, n, x, verdict)

@@ -2,6 +2,7 @@ package handoff
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -138,5 +139,43 @@ func TestDeadEpisodesRememberOfflineByEpisode(t *testing.T) {
 	}
 	if _, dead := e.offlineOf(online("gone", "on9")); dead {
 		t.Error("load kept what the store does not hold")
+	}
+}
+
+// failDeadLetter fails its first DeadLetter write, as a full disk would.
+type failDeadLetter struct {
+	*store.Memory
+	failed atomic.Bool
+}
+
+func (f *failDeadLetter) DeadLetter(n store.Notification) error {
+	if f.failed.CompareAndSwap(false, true) {
+		return errors.New("disk full")
+	}
+	return f.Memory.DeadLetter(n)
+}
+
+// An /expire whose dead-lettering could not be written stays in the outbox,
+// so its episode is not remembered as dead: when it is delivered on a later
+// attempt, its return message is delivered after it, not dead-lettered.
+func TestDeadLetterWriteFailureKeepsTheEpisodeAlive(t *testing.T) {
+	p := newPlatform(t, func(w http.ResponseWriter, r *http.Request, got received, i int) {
+		if i == 0 {
+			w.WriteHeader(http.StatusUnprocessableEntity)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	st := &failDeadLetter{Memory: store.NewMemory()}
+	obs := &outcomes{}
+	d := run(t, baseOptions(st, p.URL, obs))
+	commit(t, st, d, offline("s", "msg_off"), online("s", "msg_on"))
+	testutil.Eventually(t, 10*time.Second, "both delivered", func() bool { return obs.count(Delivered) == 2 })
+	reqs := p.requests()
+	if len(reqs) != 3 || reqs[1].ID() != "msg_off" || reqs[2].ID() != "msg_on" {
+		t.Fatalf("requests: %d, want /expire refused, /expire, /message", len(reqs))
+	}
+	if dl := deadLetters(t, st); len(dl) != 0 {
+		t.Fatalf("dead letters: %+v", dl)
 	}
 }
