@@ -1,9 +1,11 @@
 package proxy
 
-// Shared helpers of the proxy's end-to-end tests: a Proxy behind a real
+// The test peers of the proxy's tests, and no tests: a Proxy behind a real
 // listener configured like production, a recording event.Observer, real
 // upstream and client peers (gorilla/websocket, coder/websocket, Python's
-// websockets library) and hand-written RFC 6455 frames for raw TCP peers.
+// websockets library), and raw TCP peers that write hand-made RFC 6455
+// frames and record every byte. The tests sit beside what they test
+// (relay_test.go for relay.go, probe_test.go for probe.go, ...).
 
 import (
 	"bufio"
@@ -750,4 +752,90 @@ func deadAddr(t *testing.T) string {
 	addr := ln.Addr().String()
 	ln.Close()
 	return addr
+}
+
+// ---------------------------------------------------------------------------
+// Raw TCP peers that pace their writes and record every byte, and an
+// upstream that floods.
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+// pacedWriter writes to a socket in pieces, recording every byte written.
+type pacedWriter struct {
+	t    *testing.T
+	c    net.Conn
+	sent []byte
+}
+
+// write writes b in pieces of the given sizes (cycled), pausing between
+// pieces so that they reach the proxy as separate reads where possible.
+func (w *pacedWriter) write(b []byte, pause time.Duration, sizes ...int) {
+	if len(sizes) == 0 {
+		sizes = []int{len(b)}
+	}
+	for i := 0; len(b) > 0; i++ {
+		n := min(sizes[i%len(sizes)], len(b))
+		if _, err := w.c.Write(b[:n]); err != nil {
+			w.t.Errorf("write: %v", err)
+			return
+		}
+		w.sent = append(w.sent, b[:n]...)
+		b = b[n:]
+		if len(b) > 0 && pause > 0 {
+			time.Sleep(pause) // pacing, not synchronisation
+		}
+	}
+}
+
+// streamReader reads a socket until it ends, keeping every byte and
+// calling onFrame for each whole frame as it completes.
+func streamReader(r interface{ Read([]byte) (int, error) }, onFrame func(rawFrame)) <-chan []byte {
+	done := make(chan []byte, 1)
+	go func() {
+		var all []byte
+		off := 0
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := r.Read(buf)
+			all = append(all, buf[:n]...)
+			for {
+				f, m, ok := parseFrame(all[off:])
+				if !ok {
+					break
+				}
+				off += m
+				onFrame(f)
+			}
+			if err != nil {
+				done <- all
+				return
+			}
+		}
+	}()
+	return done
+}
+
+// floodUpstream writes 64 KiB binary messages to each connection until a
+// write fails, then reports the end.
+func floodUpstream(t *testing.T) (string, <-chan error) {
+	ends := make(chan error, 4)
+	addr := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		msg := randomBytes(64 << 10)
+		for {
+			if err := c.WriteMessage(websocket.BinaryMessage, msg); err != nil {
+				ends <- err
+				return
+			}
+		}
+	}))
+	return addr, ends
 }

@@ -1,10 +1,9 @@
 package proxy
 
+// Tests of probe.go: the liveness probe.
+
 import (
-	"context"
-	"errors"
 	"io"
-	"net/http"
 	"testing"
 	"time"
 
@@ -21,32 +20,22 @@ const (
 
 func withProbe(o *Options) { o.ProbeInterval, o.ProbeTimeout = probeInterval, probeTimeout }
 
-// floodUpstream writes 64 KiB binary messages to each connection until a
-// write fails, then reports the end.
-func floodUpstream(t *testing.T) (string, <-chan error) {
-	ends := make(chan error, 4)
-	addr := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		msg := randomBytes(64 << 10)
-		for {
-			if err := c.WriteMessage(websocket.BinaryMessage, msg); err != nil {
-				ends <- err
-				return
-			}
-		}
-	}))
-	return addr, ends
+// Upstream pings use 5-byte payloads; the probe's are 8 bytes long.
+func isProbePing(f rawFrame) bool { return f.op == 0x9 && len(f.payload) == probeLen }
+
+// pingIsPending reports whether a probe Ping waits for a frame boundary of
+// the upstream's stream.
+func (c *wsConn) pingIsPending() bool {
+	c.toClient.mu.Lock()
+	defer c.toClient.mu.Unlock()
+	return c.toClient.pingPending
 }
 
-// TestProbeDeadClient: a client whose socket goes silent (it neither reads
-// nor answers) is found within ProbeInterval+ProbeTimeout and both sides
-// are closed, while idle and while the upstream streams to it (its socket
-// buffers full, the relay blocked in the middle of a frame).
-func TestProbeDeadClient(t *testing.T) {
+// TestProbeClosesSilentClient: a client whose socket goes silent (it neither
+// reads nor answers) is found within ProbeInterval+ProbeTimeout and both
+// sides are closed, while idle and while the upstream streams to it (its
+// socket buffers full, the relay blocked in the middle of a frame).
+func TestProbeClosesSilentClient(t *testing.T) {
 	t.Run("idle", func(t *testing.T) {
 		up, ends := gorillaUpstream(t, websocket.Upgrader{})
 		tp := startProxy(t, up, withProbe)
@@ -101,10 +90,10 @@ func TestProbeDeadClient(t *testing.T) {
 	})
 }
 
-// TestProbeHealthyIdleClient: a gorilla client that sends nothing but
-// answers Pings (its read loop runs) stays connected over many probe
-// intervals, and the upstream never sees the probe's Pongs.
-func TestProbeHealthyIdleClient(t *testing.T) {
+// TestProbeKeepsAnsweringClientAndHidesPongs: a gorilla client that sends
+// nothing but answers Pings (its read loop runs) stays connected over many
+// probe intervals, and the upstream never sees the probe's Pongs.
+func TestProbeKeepsAnsweringClientAndHidesPongs(t *testing.T) {
 	up, ends := gorillaUpstream(t, websocket.Upgrader{})
 	tp := startProxy(t, up, func(o *Options) { o.ProbeInterval, o.ProbeTimeout = 30*time.Millisecond, 3*time.Second })
 	c, _ := gorillaDial(t, nil, tp.ws("/ws?sessionId=idle"), nil)
@@ -176,8 +165,9 @@ func TestProbeHealthyIdleClient(t *testing.T) {
 	}
 }
 
-// TestProbeOff: with ProbeInterval 0 nothing is ever sent to the client.
-func TestProbeOff(t *testing.T) {
+// TestProbeOffSendsNothing: with ProbeInterval 0 nothing is ever sent to the
+// client.
+func TestProbeOffSendsNothing(t *testing.T) {
 	up, ends := gorillaUpstream(t, websocket.Upgrader{})
 	tp := startProxy(t, up, nil)
 	c, br := rawDial(t, tp.addr, "/ws", nil)
@@ -199,100 +189,12 @@ func TestProbeOff(t *testing.T) {
 	waitEnd(t, ends)
 }
 
-// TestShutdown: Shutdown closes open WebSockets with 1001 towards both
-// peers once its context ends, and returns.
-func TestShutdown(t *testing.T) {
-	up, ends := gorillaUpstream(t, websocket.Upgrader{})
-	tp := startProxy(t, up, nil)
-	c, _ := gorillaDial(t, nil, tp.ws("/ws"), nil)
-	echo(t, c, websocket.TextMessage, []byte("before"))
-	readErr := make(chan error, 1)
-	go func() {
-		for {
-			if _, _, err := c.ReadMessage(); err != nil {
-				c.Close() // as a browser does after the close handshake
-				readErr <- err
-				return
-			}
-		}
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	start := time.Now()
-	tp.p.Shutdown(ctx)
-	took := time.Since(start)
-	t.Logf("Shutdown took %v", took)
-	select {
-	case err := <-readErr:
-		var ce *websocket.CloseError
-		if !errors.As(err, &ce) || ce.Code != websocket.CloseGoingAway {
-			t.Errorf("client read ended with %v, want close 1001", err)
-		}
-	case <-time.After(waitTime):
-		t.Fatal("the client got no close")
-	}
-	if end := waitEnd(t, ends); end.closeCode != websocket.CloseGoingAway {
-		t.Errorf("upstream got close %d, want 1001", end.closeCode)
-	}
-	if e := tp.rec.wait(t, "ConnClosed", isKind(evClosed)); e.Reason != event.CloseShutdown {
-		t.Errorf("reason %q, want %q", e.Reason, event.CloseShutdown)
-	}
-	if took >= 3*time.Second { // about 100ms when the machine is quiet
-		t.Errorf("Shutdown took %v though both peers answered the Close at once", took)
-	}
-	if n := tp.p.Stats().OpenWebSockets.Load(); n != 0 {
-		t.Errorf("%d WebSockets open after Shutdown", n)
-	}
-}
-
-// TestShutdownDeadClient: Shutdown returns in bounded time even when a
-// client stopped reading while the upstream streams to it (the relay is
-// blocked writing to the client).
-func TestShutdownDeadClient(t *testing.T) {
-	up, ends := floodUpstream(t)
-	tp := startProxy(t, up, nil)
-	rawDial(t, tp.addr, "/ws", nil)
-	// Wait until the relay is stuck: the client's socket buffers are full
-	// and the bytes relayed to it stop growing.
-	deadline := time.Now().Add(waitTime)
-	for last, still := int64(-1), 0; still < 3; {
-		if time.Now().After(deadline) {
-			t.Fatal("the relay to a client that does not read never stalled")
-		}
-		time.Sleep(20 * time.Millisecond)
-		n := tp.p.Stats().Bytes[event.FromServer].Load()
-		if n == last && n > 0 {
-			still++
-		} else {
-			still = 0
-		}
-		last = n
-	}
-	done := make(chan struct{})
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-		defer cancel()
-		tp.p.Shutdown(ctx)
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(waitTime):
-		t.Fatal("Shutdown hangs on a client that does not read")
-	}
-	select {
-	case <-ends:
-	case <-time.After(waitTime):
-		t.Fatal("the upstream connection was not closed")
-	}
-}
-
-// TestProbeUnparsableStream: when a direction is not RFC 6455 as the tap
+// TestProbeStopsOnUnparsableStream: when a direction is not RFC 6455 as the tap
 // knows it (here a frame with RSV2 set, from an extension the tap does not
 // know), the relay goes on copying bytes and the probe stops: it can no
 // longer place Pings or recognise Pongs, and must not close a live
 // connection for that.
-func TestProbeUnparsableStream(t *testing.T) {
+func TestProbeStopsOnUnparsableStream(t *testing.T) {
 	for _, dir := range []event.Direction{event.FromServer, event.FromClient} {
 		t.Run(dir.String(), func(t *testing.T) {
 			up, conns := rawUpstream(t)
@@ -328,5 +230,59 @@ func TestProbeUnparsableStream(t *testing.T) {
 			c.Close()
 			u.Close()
 		})
+	}
+}
+
+// TestProbePingWaitsForEndOfLongFrame: the upstream streams one frame for
+// much longer than ProbeTimeout while the client takes it all. The probe's
+// Ping can only follow the frame, and a client that keeps taking the frame
+// is alive: it is not closed before the frame has reached it. (This client
+// never answers Pings, so the probe does close it once its Ping went out
+// unanswered.)
+func TestProbePingWaitsForEndOfLongFrame(t *testing.T) {
+	up, conns := rawUpstream(t)
+	// The first Ping falls due while the frame passes: the interval leaves
+	// the set-up below (two goroutines, a first write) time to start the
+	// frame even on a loaded machine, and is still far shorter than it.
+	tp := startProxy(t, up, func(o *Options) {
+		o.ProbeInterval = 250 * time.Millisecond
+		o.ProbeTimeout = 300 * time.Millisecond
+	})
+	c, cbr := rawDial(t, tp.addr, "/ws?sessionId=alive", nil)
+	u := acceptRaw(t, conns)
+	go streamReader(u.br, func(rawFrame) {})
+	// Client: reads everything, answers nothing.
+	got := make(chan int, 1)
+	go func() {
+		total := 0
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := cbr.Read(buf)
+			total += n
+			if err != nil {
+				got <- total
+				return
+			}
+		}
+	}()
+	// Upstream: one 1 MiB binary frame, 4 KiB every 5 ms (~1.3 s in all).
+	payload := randomBytes(1 << 20)
+	f := frame(true, 0x2, false, payload)
+	go func() {
+		for i := 0; i < len(f); i += 4096 {
+			if _, err := u.Write(f[i:min(i+4096, len(f))]); err != nil {
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	e := tp.rec.wait(t, "ConnClosed", isKind(evClosed))
+	c.Close()
+	received := <-got
+	if received < len(f) {
+		t.Errorf("closed (%s) after the client received %d of the frame's %d bytes: it was alive", e.Reason, received, len(f))
+	}
+	if e.Reason != event.CloseProbeTimeout {
+		t.Errorf("close reason %s: the unanswered Ping after the frame should end it", e.Reason)
 	}
 }

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +23,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
 	"github.com/presence-sidecar/presence-sidecar/tracectx"
@@ -33,7 +33,7 @@ import (
 type Options struct {
 	Upstream       *url.URL
 	DialTimeout    time.Duration // connect to the upstream; also bounds the WebSocket handshake (0: 10s)
-	KeepAlive      time.Duration // TCP keep-alive period on upstream sockets (client sockets: the server's)
+	KeepAlive      time.Duration // TCP keep-alive period on upstream sockets (client sockets: the http.Server's)
 	MaxConnections int           // in-flight requests plus open WebSockets; 0 = no cap
 	ProbeInterval  time.Duration // 0 = no liveness probe
 	ProbeTimeout   time.Duration
@@ -97,10 +97,10 @@ func New(o Options) (*Proxy, error) {
 		o.Log = zap.NewNop()
 	}
 	if o.DialTimeout <= 0 {
-		o.DialTimeout = 10 * time.Second // an upgrade needs a bound on its handshake
+		o.DialTimeout = DefaultDialTimeout
 	}
 	if o.InspectBytes <= 0 {
-		o.InspectBytes = 4096
+		o.InspectBytes = DefaultInspectBytes
 	}
 	if o.ProbeInterval > 0 && o.ProbeTimeout <= 0 {
 		return nil, errors.New("proxy: a probe interval needs a probe timeout")
@@ -173,7 +173,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Body = tap
 		// The upstream may answer before the body ended, and ReverseProxy
 		// does not pass Close on: the request is reported at the latest here.
-		defer tap.finish()
+		defer tap.reportOnce()
 	} else {
 		p.httpSeen(who, nil, tp)
 	}
@@ -262,17 +262,19 @@ func (b *bodyTap) Read(q []byte) (int, error) {
 	}
 	b.mu.Unlock()
 	if err != nil {
-		b.finish()
+		b.reportOnce()
 	}
 	return n, err
 }
 
 func (b *bodyTap) Close() error {
-	b.finish()
+	b.reportOnce()
 	return b.ReadCloser.Close()
 }
 
-func (b *bodyTap) finish() {
+// reportOnce reports the request with the body prefix kept so far; later
+// calls do nothing.
+func (b *bodyTap) reportOnce() {
 	b.mu.Lock()
 	done := b.done
 	b.done = true // buf no longer changes
@@ -333,19 +335,11 @@ func httpURL(u *url.URL) *url.URL {
 	return &c
 }
 
+// isUpgrade reports whether r asks to switch protocols (RFC 9110 §7.8):
+// an Upgrade header and "upgrade" among the Connection options, say
+// Firefox's "keep-alive, Upgrade".
 func isUpgrade(r *http.Request) bool {
-	return r.Header.Get("Upgrade") != "" && headerHasToken(r.Header, "Connection", "upgrade")
-}
-
-func headerHasToken(h http.Header, name, token string) bool {
-	for _, v := range h[http.CanonicalHeaderKey(name)] {
-		for _, t := range splitTokens(v) {
-			if strings.EqualFold(t, token) {
-				return true
-			}
-		}
-	}
-	return false
+	return r.Header.Get("Upgrade") != "" && httpguts.HeaderValuesContainsToken(r.Header["Connection"], "upgrade")
 }
 
 // rewrite points an outbound request at the upstream, for plain requests
@@ -367,41 +361,4 @@ func rewrite(pr *httputil.ProxyRequest, target *url.URL) {
 	// client's; with no tracer recording, the client's own traceparent (or
 	// a new one when it sent none).
 	tracectx.Propagator.Inject(pr.Out.Context(), propagation.HeaderCarrier(pr.Out.Header))
-}
-
-func splitTokens(v string) []string {
-	var out []string
-	for _, t := range strings.Split(v, ",") {
-		if t = strings.TrimSpace(t); t != "" {
-			out = append(out, t)
-		}
-	}
-	return out
-}
-
-// Shutdown waits for open WebSockets to end until ctx is done, then closes
-// the rest with 1001 (going away) and waits for them to finish.
-func (p *Proxy) Shutdown(ctx context.Context) {
-	p.closing.Store(true)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	busy := func() bool { return p.stats.OpenWebSockets.Load() > 0 || p.upgrading.Load() > 0 }
-	for busy() {
-		select {
-		case <-tick.C:
-			continue
-		case <-ctx.Done():
-		}
-		break
-	}
-	p.connsMu.Lock()
-	for c := range p.conns {
-		go c.goAway() // may block on a peer that does not read, until its kill
-	}
-	p.connsMu.Unlock()
-	// Handshakes still in progress send themselves away when they finish
-	// (track); goAway closes everything within a second.
-	for deadline := time.Now().Add(3 * time.Second); busy() && time.Now().Before(deadline); {
-		<-tick.C
-	}
 }

@@ -1,7 +1,10 @@
 package proxy
 
+// Tests of the spans and traceparents of proxy.go and upgrade.go.
+
 import (
 	"net/http"
+	"regexp"
 	"testing"
 
 	"github.com/gorilla/websocket"
@@ -11,6 +14,8 @@ import (
 
 	"github.com/presence-sidecar/presence-sidecar/tracectx"
 )
+
+var traceparentRE = regexp.MustCompile(`^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$`)
 
 const clientTrace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -33,10 +38,11 @@ func spanNamed(t *testing.T, exp *tracetest.InMemoryExporter, name string) trace
 	return tracetest.SpanStub{}
 }
 
-// TestUpgradeSpan: with a tracer, an upgrade is a server span continuing the
-// client's trace, the dial is its child, and the handshake goes upstream
-// with the upgrade span as its parent; the observer gets that same context.
-func TestUpgradeSpan(t *testing.T) {
+// TestUpgradeSpanContinuesClientTrace: with a tracer, an upgrade is a server
+// span continuing the client's trace, the dial is its child, and the
+// handshake goes upstream with the upgrade span as its parent; the observer
+// gets that same context.
+func TestUpgradeSpanContinuesClientTrace(t *testing.T) {
 	up, ends := gorillaUpstream(t, websocket.Upgrader{})
 	tp, exp := tracedProxy(t, up)
 	c, _ := gorillaDial(t, nil, tp.ws("/ws?sessionId=s1&botId=b1"), http.Header{"Traceparent": {clientTrace}})
@@ -71,9 +77,9 @@ func TestUpgradeSpan(t *testing.T) {
 	}
 }
 
-// TestUpgradeSpanUpstreamDown: the dial span and the upgrade span record
+// TestUpgradeSpanRecordsDialFailure: the dial span and the upgrade span record
 // the failure that became a 502.
-func TestUpgradeSpanUpstreamDown(t *testing.T) {
+func TestUpgradeSpanRecordsDialFailure(t *testing.T) {
 	tp, exp := tracedProxy(t, "127.0.0.1:1")
 	_, resp, err := websocket.DefaultDialer.Dial(tp.ws("/ws"), nil)
 	if err == nil || resp == nil || resp.StatusCode != http.StatusBadGateway {
@@ -87,11 +93,11 @@ func TestUpgradeSpanUpstreamDown(t *testing.T) {
 	}
 }
 
-// TestHTTPTraceparent: a plain request goes upstream with its server
-// span's context; without a tracer the client's traceparent passes
+// TestHTTPTraceparentSentUpstream: a plain request goes upstream with its
+// server span's context; without a tracer the client's traceparent passes
 // unchanged, and without either a new valid one is made. The observer gets
 // what went upstream.
-func TestHTTPTraceparent(t *testing.T) {
+func TestHTTPTraceparentSentUpstream(t *testing.T) {
 	got := make(chan string, 4)
 	up := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got <- r.Header.Get("Traceparent")

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
 	"github.com/presence-sidecar/presence-sidecar/tracectx"
@@ -27,10 +27,14 @@ import (
 // upgrade itself).
 var hopByHop = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
 
+// removeHopByHop deletes the hop-by-hop headers from h: those the
+// Connection header names, and the fixed list.
 func removeHopByHop(h http.Header) {
-	for _, v := range h["Connection"] {
-		for _, name := range splitTokens(v) {
-			h.Del(name)
+	if connection := h["Connection"]; len(connection) > 0 {
+		for name := range h {
+			if httpguts.HeaderValuesContainsToken(connection, name) {
+				delete(h, name)
+			}
 		}
 	}
 	for _, name := range hopByHop {
@@ -191,11 +195,8 @@ func takeBuffered(br *bufio.Reader) []byte {
 	return append([]byte(nil), b...)
 }
 
+// isWebSocket reports whether an Upgrade header value names WebSocket
+// among its protocols (RFC 6455 §4.1).
 func isWebSocket(upgrade string) bool {
-	for _, t := range splitTokens(upgrade) {
-		if strings.EqualFold(t, "websocket") {
-			return true
-		}
-	}
-	return false
+	return httpguts.HeaderValuesContainsToken([]string{upgrade}, "websocket")
 }

@@ -7,6 +7,9 @@
 // of each data message (inflating it when permessage-deflate is in use) and
 // reports what it saw through a [Handler].
 //
+// The only frames the package writes are the control frames a relay sends
+// on its own account: [AppendClose] and [AppendPing].
+//
 // # Memory
 //
 // A Parser is a small struct (128 bytes on 64-bit platforms) meant to be
@@ -533,7 +536,7 @@ func (p *Parser) payload(seg []byte) {
 	}
 	if p.prefix == nil {
 		if whole && h.Fin && !h.Masked && p.msgSize == h.Length {
-			return // single-frame message wholly in this chunk: finishMessage slices the chunk
+			return // single-frame message wholly in this chunk: emitMessage slices the chunk
 		}
 		p.prefix = getPrefix(p.limit)
 	}
@@ -571,7 +574,7 @@ func (p *Parser) endFrame(seg []byte, end int) {
 	}
 	p.h.FrameEnd(h, end, nil)
 	if h.Fin && p.state == stHeader { // not released by the handler
-		p.finishMessage(seg, &h)
+		p.emitMessage(seg, &h)
 	}
 }
 
@@ -580,9 +583,9 @@ func (p *Parser) inflating() bool {
 	return p.deflate && p.limit > 0 && !p.inflFailed
 }
 
-// finishMessage emits Message for the message whose final frame (h) just
+// emitMessage calls Handler.Message for the message whose final frame (h) just
 // ended; seg is that frame's payload within the current chunk.
-func (p *Parser) finishMessage(seg []byte, h *Header) {
+func (p *Parser) emitMessage(seg []byte, h *Header) {
 	m := Message{Opcode: p.msgOp, Compressed: p.msgComp, Size: p.msgSize}
 	switch {
 	case p.limit == 0:

@@ -123,4 +123,21 @@ func TestNoAllocs(t *testing.T) {
 		}
 		p.Release()
 	}
+	// The control frames a relay writes itself, into a buffer with room.
+	key := [4]byte{1, 2, 3, 4}
+	payload := []byte("12345678")
+	buf := make([]byte, 0, 16)
+	for _, tc := range []struct {
+		name  string
+		write func()
+	}{
+		{"AppendClose", func() { buf = AppendClose(buf[:0], CloseGoingAway, nil) }},
+		{"AppendClose masked", func() { buf = AppendClose(buf[:0], CloseGoingAway, &key) }},
+		{"AppendPing", func() { buf = AppendPing(buf[:0], payload, nil) }},
+		{"AppendPing masked", func() { buf = AppendPing(buf[:0], payload, &key) }},
+	} {
+		if allocs := testing.AllocsPerRun(1000, tc.write); allocs != 0 {
+			t.Errorf("%s: %v allocs per frame, want 0", tc.name, allocs)
+		}
+	}
 }

@@ -1,5 +1,8 @@
 package proxy
 
+// Tests of relay.go and tap.go: each direction's bytes pass unchanged
+// (but for the probe's own frames) while the taps see the messages.
+
 import (
 	"bufio"
 	"bytes"
@@ -9,79 +12,26 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
+
+	"github.com/presence-sidecar/presence-sidecar/internal/testutil"
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
 )
 
-// pacedWriter writes to a socket in pieces, recording every byte written.
-type pacedWriter struct {
-	t    *testing.T
-	c    net.Conn
-	sent []byte
-}
-
-// write writes b in pieces of the given sizes (cycled), pausing between
-// pieces so that they reach the proxy as separate reads where possible.
-func (w *pacedWriter) write(b []byte, pause time.Duration, sizes ...int) {
-	if len(sizes) == 0 {
-		sizes = []int{len(b)}
-	}
-	for i := 0; len(b) > 0; i++ {
-		n := min(sizes[i%len(sizes)], len(b))
-		if _, err := w.c.Write(b[:n]); err != nil {
-			w.t.Errorf("write: %v", err)
-			return
-		}
-		w.sent = append(w.sent, b[:n]...)
-		b = b[n:]
-		if len(b) > 0 && pause > 0 {
-			time.Sleep(pause) // pacing, not synchronisation
-		}
-	}
-}
-
-// streamReader reads a socket until it ends, keeping every byte and
-// calling onFrame for each whole frame as it completes.
-func streamReader(r interface{ Read([]byte) (int, error) }, onFrame func(rawFrame)) <-chan []byte {
-	done := make(chan []byte, 1)
-	go func() {
-		var all []byte
-		off := 0
-		buf := make([]byte, 64<<10)
-		for {
-			n, err := r.Read(buf)
-			all = append(all, buf[:n]...)
-			for {
-				f, m, ok := parseFrame(all[off:])
-				if !ok {
-					break
-				}
-				off += m
-				onFrame(f)
-			}
-			if err != nil {
-				done <- all
-				return
-			}
-		}
-	}()
-	return done
-}
-
-// Upstream pings use 5-byte payloads; the probe's are 8 bytes long.
-func isProbePing(f rawFrame) bool { return f.op == 0x9 && len(f.payload) == probeLen }
-
-// TestRelayByteExact: a raw client and a raw upstream exchange many frames
-// written at awkward split points (headers cut, pongs cut mid-header, pongs
-// that are not the probe's with the probe's payload length, fragmented
-// messages with control frames inside, frames of 64 KiB and more written
-// slowly) while the probe runs every 30 ms. What the upstream receives must
-// equal what the client sent minus the Pongs answering the probe; what the
-// client receives must equal what the upstream sent plus the probe's Pings,
-// each at a frame boundary (the client's stream must parse).
-func TestRelayByteExact(t *testing.T) {
+// TestRelayIsByteExactButForProbeFrames: a raw client and a raw upstream
+// exchange many frames written at awkward split points (headers cut, pongs
+// cut mid-header, pongs that are not the probe's with the probe's payload
+// length, fragmented messages with control frames inside, frames of 64 KiB
+// and more written slowly) while the probe runs every 30 ms. What the
+// upstream receives must equal what the client sent minus the Pongs
+// answering the probe; what the client receives must equal what the upstream
+// sent plus the probe's Pings, each at a frame boundary (the client's stream
+// must parse).
+func TestRelayIsByteExactButForProbeFrames(t *testing.T) {
 	up, conns := rawUpstream(t)
 	tp := startProxy(t, up, func(o *Options) {
 		o.ProbeInterval = 30 * time.Millisecond
@@ -125,10 +75,35 @@ func TestRelayByteExact(t *testing.T) {
 	tp.rec.wait(t, "ConnOpened", isKind(evOpened))
 	wc := onlyConn(t, tp.p)
 
+	// The client's script. Pings are answered between blocks, at the
+	// client's own frame boundaries, with Pongs cut at awkward points.
+	cw := &pacedWriter{t: t, c: c}
+	type span struct{ from, to int }
+	var probePongs []span
+	answered := 0
+	answer := func() {
+		for {
+			select {
+			case p := <-pings:
+				pong := frame(true, 0xA, true, p)
+				if len(p) == probeLen {
+					probePongs = append(probePongs, span{len(cw.sent), len(cw.sent) + len(pong)})
+				}
+				cut := []int{1, 2, 6, 13, 14}[answered%5]
+				answered++
+				cw.write(pong, 2*time.Millisecond, cut, 14)
+			default:
+				return
+			}
+		}
+	}
+
 	// The upstream's script.
 	uw := &pacedWriter{t: t, c: u}
 	bigUp := frame(true, 0x2, false, randomBytes(256<<10))
 	upScriptDone := make(chan struct{})
+	var bigHalfSent atomic.Bool
+	pingDueMidFrame := make(chan struct{})
 	go func() {
 		defer close(upScriptDone)
 		// The big frame's header cut after 3 bytes, then its payload in
@@ -136,8 +111,11 @@ func TestRelayByteExact(t *testing.T) {
 		// must wait for the frame's end.
 		half := len(bigUp) / 2
 		uw.write(bigUp[:half], 2*time.Millisecond, 3, 7000)
-		if !waitFor(func() bool { return wc.pingIsPending() }) {
-			t.Error("no probe Ping became due in the middle of a frame")
+		bigHalfSent.Store(true)
+		select {
+		case <-pingDueMidFrame:
+		case <-t.Context().Done():
+			return // the test failed
 		}
 		uw.write(bigUp[half:], 2*time.Millisecond, 7000)
 		for i := 0; i < 10; i++ {
@@ -168,28 +146,17 @@ func TestRelayByteExact(t *testing.T) {
 		u.Conn.(*net.TCPConn).CloseWrite()
 	}()
 
-	// The client's script. Pings are answered between blocks, at the
-	// client's own frame boundaries, with Pongs cut at awkward points.
-	cw := &pacedWriter{t: t, c: c}
-	type span struct{ from, to int }
-	var probePongs []span
-	answered := 0
-	answer := func() {
-		for {
-			select {
-			case p := <-pings:
-				pong := frame(true, 0xA, true, p)
-				if len(p) == probeLen {
-					probePongs = append(probePongs, span{len(cw.sent), len(cw.sent) + len(pong)})
-				}
-				cut := []int{1, 2, 6, 13, 14}[answered%5]
-				answered++
-				cw.write(pong, 2*time.Millisecond, cut, 14)
-			default:
-				return
-			}
-		}
-	}
+	// Until a probe Ping waits in the middle of the upstream's big frame,
+	// the client only answers Pings (a probe sent before the frame must not
+	// keep the next one from becoming due); then the upstream goes on. The
+	// wait is here, not in the upstream's goroutine: Eventually fails the
+	// test with t.Fatalf.
+	testutil.Eventually(t, waitTime, "a probe Ping due in the middle of the upstream's 256 KiB frame", func() bool {
+		answer()
+		return bigHalfSent.Load() && wc.pingIsPending()
+	})
+	close(pingDueMidFrame)
+
 	sizes := []int{1, 2, 3, 5, 7, 11, 13, 14, 15, 17, 64}
 	for i := 0; i < 30; i++ {
 		var block []byte
@@ -302,37 +269,6 @@ func TestRelayByteExact(t *testing.T) {
 	})
 }
 
-// onlyConn returns the proxy's one open WebSocket.
-func onlyConn(t *testing.T, p *Proxy) *wsConn {
-	t.Helper()
-	p.connsMu.Lock()
-	defer p.connsMu.Unlock()
-	if len(p.conns) != 1 {
-		t.Fatalf("%d connections open, want 1", len(p.conns))
-	}
-	for c := range p.conns {
-		return c
-	}
-	return nil
-}
-
-func (c *wsConn) pingIsPending() bool {
-	c.clientMu.Lock()
-	defer c.clientMu.Unlock()
-	return c.pingPending
-}
-
-// waitFor polls cond (an internal state with no channel to wait on) for at
-// most waitTime.
-func waitFor(cond func() bool) bool {
-	for deadline := time.Now().Add(waitTime); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
-		if cond() {
-			return true
-		}
-	}
-	return false
-}
-
 func firstDiff(a, b []byte) int {
 	for i := range min(len(a), len(b)) {
 		if a[i] != b[i] {
@@ -364,11 +300,11 @@ func (d *deflater) compress(msg []byte) []byte {
 	return bytes.TrimSuffix(out, []byte{0, 0, 0xff, 0xff})
 }
 
-// TestRelayCompressedByteExact: compressed messages (context takeover, some
-// fragmented with a Ping inside, some large) written at awkward split points
-// pass unchanged, and the tap inflates each one: the observer gets the
-// plain prefix and the ids from a compressed link frame.
-func TestRelayCompressedByteExact(t *testing.T) {
+// TestRelayPassesCompressedStreamAndInflatesIt: compressed messages (context
+// takeover, some fragmented with a Ping inside, some large) written at
+// awkward split points pass unchanged, and the tap inflates each one: the
+// observer gets the plain prefix and the ids from a compressed link frame.
+func TestRelayPassesCompressedStreamAndInflatesIt(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -456,4 +392,49 @@ func TestRelayCompressedByteExact(t *testing.T) {
 	case <-time.After(waitTime):
 		t.Fatal("upstream stream did not end")
 	}
+}
+
+// TestRelayFragmentedMessageWithPingInside: a raw client sends a text
+// message in three fragments with a Ping between them; the upstream
+// (gorilla) gets the whole message and answers the Ping; both come back.
+func TestRelayFragmentedMessageWithPingInside(t *testing.T) {
+	up, ends := gorillaUpstream(t, websocket.Upgrader{})
+	tp := startProxy(t, up, func(o *Options) { o.InspectClient = true })
+	c, br := rawDial(t, tp.addr, "/ws?sessionId=frag", nil)
+	var out []byte
+	out = append(out, frame(false, 0x1, true, []byte("Hello, "))...)
+	out = append(out, frame(true, 0x9, true, []byte("mid-message"))...)
+	out = append(out, frame(false, 0x0, true, []byte("fragmented "))...)
+	out = append(out, frame(true, 0x0, true, []byte("world"))...)
+	for i := 0; i < len(out); i += 5 { // awkward writes
+		if _, err := c.Write(out[i:min(i+5, len(out))]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []rawFrame
+	var buf []byte
+	c.SetReadDeadline(time.Now().Add(waitTime))
+	for len(got) < 2 {
+		var b [512]byte
+		n, err := br.Read(b[:])
+		if err != nil {
+			t.Fatalf("read: %v (frames so far %+v)", err, got)
+		}
+		buf = append(buf, b[:n]...)
+		var fs []rawFrame
+		fs, buf = parseFrames(buf)
+		got = append(got, fs...)
+	}
+	if got[0].op != 0xA || string(got[0].payload) != "mid-message" {
+		t.Errorf("first frame back: op %d %q, want the pong", got[0].op, got[0].payload)
+	}
+	if got[1].op != 0x1 || !got[1].fin || string(got[1].payload) != "Hello, fragmented world" {
+		t.Errorf("second frame back: op %d %q", got[1].op, got[1].payload)
+	}
+	m := tp.rec.wait(t, "client message", func(e obsEvent) bool { return e.Kind == evMessage && e.Dir == event.FromClient })
+	if string(m.Msg.Prefix) != "Hello, fragmented world" || m.Msg.Size != 23 {
+		t.Errorf("tap saw %q (%d bytes)", m.Msg.Prefix, m.Msg.Size)
+	}
+	c.Write(frame(true, 0x8, true, closePayload(1000, "")))
+	waitEnd(t, ends)
 }

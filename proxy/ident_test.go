@@ -1,12 +1,13 @@
 package proxy
 
+// Tests of ident.go and identify (tap.go): where the ids come from.
+
 import (
 	"bytes"
 	"context"
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	coder "github.com/coder/websocket"
 	"github.com/gorilla/websocket"
@@ -25,9 +26,9 @@ func identifiedAs(who event.Identity) func(obsEvent) bool {
 	return func(e obsEvent) bool { return e.Kind == evIdentified && e.Who == who }
 }
 
-// TestSessionIDs: every SESSION_ID_FROM / BOT_ID_FROM source, for
+// TestIDsFromEverySource: every SESSION_ID_FROM / BOT_ID_FROM source, for
 // WebSockets and plain requests.
-func TestSessionIDs(t *testing.T) {
+func TestIDsFromEverySource(t *testing.T) {
 	up, _ := gorillaUpstream(t, websocket.Upgrader{EnableCompression: true})
 	tp := startProxy(t, up, func(o *Options) {
 		o.SessionFrom = mustSources(t, "query:sessionId,header:X-Session-Id,cookie:sid,frame:data.sessionId,body:sessionId")
@@ -125,11 +126,11 @@ func TestSessionIDs(t *testing.T) {
 	tp.rec.check(t)
 }
 
-// TestSessionIDCompressedPython: the link frame sent compressed by the
+// TestIDsFromCompressedFramePython: the link frame sent compressed by the
 // Python client (context takeover, 12-bit windows, after other messages
 // that fill the window) still yields the ids; upstream messages reach the
 // observer inflated when InspectServer is set.
-func TestSessionIDCompressedPython(t *testing.T) {
+func TestIDsFromCompressedFramePython(t *testing.T) {
 	up, _ := pythonServer(t)
 	tp := startProxy(t, up, func(o *Options) { o.InspectServer = true })
 	py := startPython(t, "client", tp.ws("/ws"))
@@ -159,9 +160,9 @@ func TestSessionIDCompressedPython(t *testing.T) {
 	tp.rec.check(t)
 }
 
-// TestSessionIDCompressedCoder: the same with coder/websocket and context
+// TestIDsFromCompressedFrameCoder: the same with coder/websocket and context
 // takeover against a coder upstream.
-func TestSessionIDCompressedCoder(t *testing.T) {
+func TestIDsFromCompressedFrameCoder(t *testing.T) {
 	up := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := coder.Accept(w, r, &coder.AcceptOptions{CompressionMode: coder.CompressionContextTakeover, CompressionThreshold: 1})
 		if err != nil {
@@ -194,44 +195,4 @@ func TestSessionIDCompressedCoder(t *testing.T) {
 	}
 	tp.rec.wait(t, "ConnIdentified s1", identifiedAs(event.Identity{SessionID: "s1", BotID: "b1"}))
 	c.Close(coder.StatusNormalClosure, "")
-}
-
-// TestCloseReasons: a clean close, a client that vanishes without a Close
-// frame, and an upstream that does.
-func TestCloseReasons(t *testing.T) {
-	t.Run("clean", func(t *testing.T) {
-		up, _ := gorillaUpstream(t, websocket.Upgrader{})
-		tp := startProxy(t, up, nil)
-		c, _ := gorillaDial(t, nil, tp.ws("/ws"), nil)
-		closeGorilla(t, c, 1000, "")
-		if e := tp.rec.wait(t, "ConnClosed", isKind(evClosed)); e.Reason != event.CloseClean {
-			t.Errorf("reason %q, want %q", e.Reason, event.CloseClean)
-		}
-	})
-	t.Run("client vanished", func(t *testing.T) {
-		up, ends := gorillaUpstream(t, websocket.Upgrader{})
-		tp := startProxy(t, up, nil)
-		c, _ := rawDial(t, tp.addr, "/ws?sessionId=v1", nil)
-		c.Write(frame(true, 0x1, true, []byte("hi")))
-		c.Close()
-		waitEnd(t, ends)
-		if e := tp.rec.wait(t, "ConnClosed", isKind(evClosed)); e.Reason != event.CloseClientGone {
-			t.Errorf("reason %q, want %q", e.Reason, event.CloseClientGone)
-		}
-	})
-	t.Run("upstream vanished", func(t *testing.T) {
-		up, conns := rawUpstream(t)
-		tp := startProxy(t, up, nil)
-		c, _ := gorillaDial(t, nil, tp.ws("/ws"), nil)
-		u := acceptRaw(t, conns)
-		u.Close()
-		c.SetReadDeadline(time.Now().Add(waitTime))
-		if _, _, err := c.ReadMessage(); err == nil {
-			t.Error("client read a message from a closed upstream")
-		}
-		c.Close()
-		if e := tp.rec.wait(t, "ConnClosed", isKind(evClosed)); e.Reason != event.CloseUpstreamGone {
-			t.Errorf("reason %q, want %q", e.Reason, event.CloseUpstreamGone)
-		}
-	})
 }

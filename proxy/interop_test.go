@@ -1,9 +1,11 @@
 package proxy
 
+// Interoperability: real WebSocket libraries on both sides of the proxy
+// (gorilla/websocket, coder/websocket, Python's websockets).
+
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"errors"
 	"net/http"
 	"strings"
@@ -16,17 +18,11 @@ import (
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
 )
 
-func randomBytes(n int) []byte {
-	b := make([]byte, n)
-	rand.Read(b)
-	return b
-}
-
-// TestWebSocketGorilla: gorilla client and gorilla upstream through the
+// TestInteropGorilla: gorilla client and gorilla upstream through the
 // proxy: subprotocol, end-to-end headers, text, binary, a 1 MiB message,
 // a client ping answered by the upstream with its payload intact, and close
 // codes in both directions.
-func TestWebSocketGorilla(t *testing.T) {
+func TestInteropGorilla(t *testing.T) {
 	up, ends := gorillaUpstream(t, websocket.Upgrader{Subprotocols: []string{"chat.v2", "chat.v1"}})
 	tp := startProxy(t, up, nil)
 
@@ -96,10 +92,10 @@ func TestWebSocketGorilla(t *testing.T) {
 	})
 }
 
-// TestWebSocketCoder: coder/websocket on both sides with permessage-deflate
-// and context takeover: the extension the client got is the upstream's,
-// compressed messages round-trip and the tap inflates them.
-func TestWebSocketCoder(t *testing.T) {
+// TestInteropCoderWithDeflate: coder/websocket on both sides with
+// permessage-deflate and context takeover: the extension the client got is
+// the upstream's, compressed messages round-trip and the tap inflates them.
+func TestInteropCoderWithDeflate(t *testing.T) {
 	upExt := make(chan string, 1)
 	upClose := make(chan error, 1)
 	up := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -201,10 +197,10 @@ func TestWebSocketCoder(t *testing.T) {
 	}
 }
 
-// TestWebSocketPythonServer: the Python websockets server (permessage-deflate
+// TestInteropPythonServer: the Python websockets server (permessage-deflate
 // with a 12-bit window, subprotocols) behind the proxy, with gorilla and
 // coder clients.
-func TestWebSocketPythonServer(t *testing.T) {
+func TestInteropPythonServer(t *testing.T) {
 	up, py := pythonServer(t)
 	tp := startProxy(t, up, func(o *Options) { o.InspectServer = true })
 
@@ -302,9 +298,9 @@ func TestWebSocketPythonServer(t *testing.T) {
 	})
 }
 
-// TestWebSocketPythonClient: the Python websockets client through the
+// TestInteropPythonClient: the Python websockets client through the
 // proxy to a gorilla upstream with compression, and to the Python server.
-func TestWebSocketPythonClient(t *testing.T) {
+func TestInteropPythonClient(t *testing.T) {
 	t.Run("gorilla upstream", func(t *testing.T) {
 		up, ends := gorillaUpstream(t, websocket.Upgrader{EnableCompression: true, Subprotocols: []string{"chat.v1"}})
 		tp := startProxy(t, up, nil)
@@ -347,49 +343,4 @@ func TestWebSocketPythonClient(t *testing.T) {
 			t.Errorf("client got close %v %v", closed["code"], closed["reason"])
 		}
 	})
-}
-
-// TestWebSocketFragmentedWithPing: a raw client sends a text message in
-// three fragments with a Ping between them; the upstream (gorilla) gets the
-// whole message and answers the Ping; both come back.
-func TestWebSocketFragmentedWithPing(t *testing.T) {
-	up, ends := gorillaUpstream(t, websocket.Upgrader{})
-	tp := startProxy(t, up, func(o *Options) { o.InspectClient = true })
-	c, br := rawDial(t, tp.addr, "/ws?sessionId=frag", nil)
-	var out []byte
-	out = append(out, frame(false, 0x1, true, []byte("Hello, "))...)
-	out = append(out, frame(true, 0x9, true, []byte("mid-message"))...)
-	out = append(out, frame(false, 0x0, true, []byte("fragmented "))...)
-	out = append(out, frame(true, 0x0, true, []byte("world"))...)
-	for i := 0; i < len(out); i += 5 { // awkward writes
-		if _, err := c.Write(out[i:min(i+5, len(out))]); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var got []rawFrame
-	var buf []byte
-	c.SetReadDeadline(time.Now().Add(waitTime))
-	for len(got) < 2 {
-		var b [512]byte
-		n, err := br.Read(b[:])
-		if err != nil {
-			t.Fatalf("read: %v (frames so far %+v)", err, got)
-		}
-		buf = append(buf, b[:n]...)
-		var fs []rawFrame
-		fs, buf = parseFrames(buf)
-		got = append(got, fs...)
-	}
-	if got[0].op != 0xA || string(got[0].payload) != "mid-message" {
-		t.Errorf("first frame back: op %d %q, want the pong", got[0].op, got[0].payload)
-	}
-	if got[1].op != 0x1 || !got[1].fin || string(got[1].payload) != "Hello, fragmented world" {
-		t.Errorf("second frame back: op %d %q", got[1].op, got[1].payload)
-	}
-	m := tp.rec.wait(t, "client message", func(e obsEvent) bool { return e.Kind == evMessage && e.Dir == event.FromClient })
-	if string(m.Msg.Prefix) != "Hello, fragmented world" || m.Msg.Size != 23 {
-		t.Errorf("tap saw %q (%d bytes)", m.Msg.Prefix, m.Msg.Size)
-	}
-	c.Write(frame(true, 0x8, true, closePayload(1000, "")))
-	waitEnd(t, ends)
 }

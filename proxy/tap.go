@@ -1,0 +1,162 @@
+package proxy
+
+import (
+	"go.uber.org/zap"
+
+	"github.com/presence-sidecar/presence-sidecar/proxy/event"
+	"github.com/presence-sidecar/presence-sidecar/proxy/wsframe"
+)
+
+// The frame taps: a wsframe.Handler per direction, fed by relay.go with
+// each chunk. They report messages to the observer as event.FromClient
+// (from the client) and event.FromServer (from the upstream), look for the
+// ids in the first client messages, and mark the frame boundaries and the
+// probe Pong candidates that relay.go acts on.
+
+const (
+	// maxHeld: a probe Pong (2+4+8 bytes) or an unfinished frame header (<14).
+	maxHeld = 14
+	// idFrames: how many client text messages may carry the ids.
+	idFrames = 8
+)
+
+// clientTap taps the frames from the client. It belongs to the client pump.
+type clientTap struct {
+	c      *wsConn
+	parser wsframe.Parser
+
+	// per chunk, indices into data (held bytes + chunk)
+	data       []byte
+	base       int // index of chunk offset 0 in data
+	written    int // data[:written] went upstream or was dropped
+	boundary   int // last frame boundary in data, -1 if none
+	headerSeen bool
+	candidate  int   // start of a frame that may be our probe's Pong, -1 if none
+	err        error // a write to the upstream failed while the chunk was parsed
+
+	held    int // bytes of heldBuf held back from the previous chunk
+	heldBuf [maxHeld]byte
+	frames  int64 // frames ended in the current chunk
+}
+
+// flushHeld writes the held-back bytes upstream: the client's stream ended
+// and nothing will complete them.
+func (s *clientTap) flushHeld() {
+	if s.held > 0 {
+		_ = s.c.writeUpstream(s.heldBuf[:s.held], false)
+		s.held = 0
+	}
+}
+
+func (s *clientTap) FrameHeader(h wsframe.Header, start int) {
+	s.headerSeen = true
+	if h.Opcode == wsframe.OpPong && h.Length == probeLen && s.c.probeOutstanding() {
+		s.candidate = start + s.base
+	} else {
+		s.candidate = -1
+	}
+}
+
+func (s *clientTap) FrameEnd(h wsframe.Header, end int, payload []byte) {
+	c := s.c
+	e := end + s.base
+	s.frames++
+	if s.candidate >= 0 {
+		if h.Opcode == wsframe.OpPong && c.consumeProbePong(payload) && s.err == nil {
+			// Drop our own Pong: send what came before it, skip it.
+			s.err = c.writeUpstream(s.data[s.written:s.candidate], true)
+			s.written = e
+		}
+		s.candidate = -1
+	}
+	if h.Opcode == wsframe.OpClose {
+		c.ending.closeSeen.Store(true)
+	}
+	s.boundary, s.headerSeen = e, false
+}
+
+func (s *clientTap) Message(m wsframe.Message) {
+	c := s.c
+	msg := toEvent(m)
+	if c.idTries < idFrames && m.Opcode == wsframe.OpText && msg.Prefix != nil {
+		c.identify(msg.Prefix)
+	}
+	c.p.obs.Message(c.id, event.FromClient, msg)
+}
+
+func (s *clientTap) ProtocolError(err error) {
+	s.c.probe.disabled.Store(true)
+	s.c.log().Debug("client stream is not valid WebSocket; relaying it untouched", zap.Error(err))
+}
+
+// upstreamTap taps the frames from the upstream (event.FromServer). It
+// belongs to the upstream pump.
+type upstreamTap struct {
+	c             *wsConn
+	parser        wsframe.Parser
+	firstBoundary int   // first frame boundary in the current chunk, -1 if none
+	frames        int64 // frames ended in the current chunk
+}
+
+func (s *upstreamTap) FrameHeader(wsframe.Header, int) {}
+
+func (s *upstreamTap) FrameEnd(h wsframe.Header, end int, _ []byte) {
+	s.frames++
+	if s.firstBoundary < 0 {
+		s.firstBoundary = end
+	}
+	if h.Opcode == wsframe.OpClose {
+		s.c.ending.closeSeen.Store(true)
+	}
+}
+
+func (s *upstreamTap) Message(m wsframe.Message) {
+	s.c.p.obs.Message(s.c.id, event.FromServer, toEvent(m))
+}
+
+func (s *upstreamTap) ProtocolError(err error) {
+	s.c.probe.disabled.Store(true)
+	// Not c.log(): the session id is the client goroutine's to write (identify).
+	s.c.p.log.Debug("upstream stream is not valid WebSocket; relaying it untouched",
+		zap.Uint64("conn", uint64(s.c.id)), zap.Error(err))
+}
+
+// identify looks for the ids in one of the first client text messages.
+func (c *wsConn) identify(doc []byte) {
+	c.idTries++
+	var found event.Identity
+	if c.who.SessionID == "" {
+		found.SessionID = c.p.o.SessionFrom.fromJSON(fromFrame, doc)
+	}
+	if c.who.BotID == "" {
+		found.BotID = c.p.o.BotFrom.fromJSON(fromFrame, doc)
+	}
+	if found.SessionID == "" && found.BotID == "" {
+		return
+	}
+	if found.SessionID != "" {
+		c.who.SessionID = found.SessionID
+	}
+	if found.BotID != "" {
+		c.who.BotID = found.BotID
+	}
+	c.p.obs.ConnIdentified(c.id, found)
+}
+
+// toEvent is what the observer learns of a message.
+func toEvent(m wsframe.Message) event.Message {
+	e := event.Message{Text: m.Opcode == wsframe.OpText, Size: m.Size, Prefix: m.Prefix, Truncated: m.Truncated}
+	if m.InflateErr != nil {
+		e.Prefix = nil
+	}
+	return e
+}
+
+// countFrames adds the frames a chunk ended: once per chunk, not per frame,
+// since the counters are shared by every connection.
+func (s *Stats) countFrames(dir event.Direction, n *int64) {
+	if *n > 0 {
+		s.Frames[dir].Add(*n)
+		*n = 0
+	}
+}
