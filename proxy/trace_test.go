@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/presence-sidecar/presence-sidecar/internal/testutil"
 	"github.com/presence-sidecar/presence-sidecar/tracectx"
 )
 
@@ -27,15 +28,21 @@ func tracedProxy(t *testing.T, up string) (*testProxy, *tracetest.InMemoryExport
 	return startProxy(t, up, func(o *Options) { o.Tracer = tp }), exp
 }
 
+// spanNamed waits for the span called name: a handler's span ends when its
+// goroutine returns, which may come after what the test waited for.
 func spanNamed(t *testing.T, exp *tracetest.InMemoryExporter, name string) tracetest.SpanStub {
 	t.Helper()
-	for _, s := range exp.GetSpans() {
-		if s.Name == name {
-			return s
+	var found tracetest.SpanStub
+	testutil.Eventually(t, waitTime, "span "+name, func() bool {
+		for _, s := range exp.GetSpans() {
+			if s.Name == name {
+				found = s
+				return true
+			}
 		}
-	}
-	t.Fatalf("no span %q among %d", name, len(exp.GetSpans()))
-	return tracetest.SpanStub{}
+		return false
+	})
+	return found
 }
 
 // TestUpgradeSpanContinuesClientTrace: with a tracer, an upgrade is a server
