@@ -9,6 +9,8 @@ need=()
 /usr/bin/python3 -c 'import websockets' 2>/dev/null || need+=(python3-websockets)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light) # bench/ compares against it
+[ -x /usr/bin/redis-server ] || need+=(redis-server) # cluster mode: a real server, a real Redis Cluster
+[ -x /usr/bin/redis-sentinel ] || need+=(redis-sentinel)
 if ((${#need[@]})); then
 	if [ "$(id -u)" = 0 ]; then
 		echo "installing test dependencies: ${need[*]}" >&2
