@@ -1,0 +1,25 @@
+-- activity: a sign of presence that is not a connection: an HTTP request of
+-- the session (either mode), or a client data message in activity mode.
+-- KEYS[1] session hash. ARGV: prefix, sid, bot, mode, interval ms, handed
+-- over by default (1/0), return text, traceparent, forget after ms.
+-- Returns {returned (1/0), episode, notification queued (1/0)}.
+local p, sid, bot, mode, iv, forget = ARGV[1], ARGV[2], ARGV[3], ARGV[4], num(ARGV[5]), num(ARGV[9])
+local h = KEYS[1]
+local now = now_ms()
+if redis.call('EXISTS', h) == 0 then
+  redis.call('HSET', h, 'st', 'p', 'ep', 0, 'ho', ARGV[6], 'xs', 0, 'seen', now, 'dl', 0, 'n', 0)
+end
+if bot ~= '' and (redis.call('HGET', h, 'bot') or '') == '' then
+  redis.call('HSET', h, 'bot', bot)
+end
+redis.call('HSET', h, 'mode', mode, 'iv', iv, 'seen', now)
+local n = num(redis.call('HGET', h, 'n'))
+if n == 0 and ARGV[8] ~= '' then redis.call('HSET', h, 'tp', ARGV[8]) end
+local r = back(p, h, sid, now, ARGV[7])
+if mode == 'activity' or n == 0 then
+  local dl = now + iv
+  redis.call('HSET', h, 'dl', dl)
+  redis.call('ZADD', p .. 'due', dl, sid)
+end
+if n == 0 then redis.call('PEXPIRE', h, forget) end
+return r

@@ -1,0 +1,66 @@
+-- Shared by every script (prepended when the script is built). A session's
+-- keys share the hash tag of its shard, so each script touches one Cluster
+-- slot; KEYS[1] is always the shard's prefix key "P{N}:" itself is not a key,
+-- so the prefix comes in ARGV[1] and every key is built from it.
+-- Times are Unix milliseconds from Redis's own clock: no replica's clock
+-- decides a deadline (docs/ARCHITECTURE.md, "Cluster mode").
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function num(v)
+  return tonumber(v) or 0
+end
+
+-- webhook-id: derived from session, episode and kind, so that a duplicate
+-- after a failover carries the same id (docs/ARCHITECTURE.md, "Delivery").
+local function note_id(sid, ep, kind)
+  return 'msg_' .. string.sub(redis.sha1hex(sid .. '\n' .. ep .. '\n' .. kind), 1, 32)
+end
+
+-- queue appends a notification to the session's outbox queue and makes the
+-- session ready for delivery unless it already waits (its score is kept).
+local function queue(p, sid, note)
+  redis.call('RPUSH', p .. 'q:' .. sid, cjson.encode(note))
+  redis.call('ZADD', p .. 'ready', 'NX', note.at, sid)
+end
+
+-- back: a sign of presence of session h at now. An absent session returns:
+-- its return message is queued when the episode's /expire was (invariant 3,
+-- docs/ARCHITECTURE.md "Presence invariants"). A present one loses its
+-- deadline in connection mode while it has connections (close re-arms it).
+-- Returns {returned, episode, queued}.
+local function back(p, h, sid, now, text)
+  local st = redis.call('HMGET', h, 'st', 'ep', 'ho', 'xs', 'ab', 'bot', 'tp', 'n', 'mode')
+  local ep = num(st[2])
+  if st[1] ~= 'a' then
+    if st[9] == 'connection' and num(st[8]) > 0 then
+      redis.call('HSET', h, 'dl', 0)
+      redis.call('ZREM', p .. 'due', sid)
+    end
+    return {0, ep, 0}
+  end
+  redis.call('HSET', h, 'st', 'p', 'xs', 0, 'rs', '', 'dl', 0)
+  redis.call('ZREM', p .. 'due', sid)
+  if st[3] == '1' and st[4] == '1' then
+    queue(p, sid, {id = note_id(sid, ep, 'client.online'), kind = 'client.online', sid = sid,
+      bot = st[6] or '', ep = ep, text = text, since = num(st[5]), at = now, tp = st[7] or ''})
+    return {1, ep, 1}
+  end
+  return {1, ep, 0}
+end
+
+-- disconnected: session h has no live connection left since at: in
+-- connection mode its interval starts then (invariant 1: a reconnect within
+-- it produces nothing). The session is forgotten forget ms after, unless it
+-- comes back.
+local function disconnected(p, h, sid, at, forget)
+  local st = redis.call('HMGET', h, 'st', 'mode', 'iv')
+  if st[1] == 'p' and st[2] == 'connection' then
+    local dl = at + num(st[3])
+    redis.call('HSET', h, 'seen', at, 'dl', dl)
+    redis.call('ZADD', p .. 'due', dl, sid)
+  end
+  redis.call('PEXPIRE', h, forget)
+end

@@ -1,0 +1,304 @@
+// Package cluster is the presence state of cluster mode: several sidecar
+// replicas share one truth in Redis (a single instance, a Redis Cluster, or
+// a primary watched by Sentinel), and every decision is made inside Redis by
+// a Lua script that checks and changes a session's state atomically, with
+// Redis's own clock (docs/ARCHITECTURE.md, "Cluster mode").
+//
+// State is the typed face of those scripts (lua/*.lua, each prefixed with
+// lua/prelude.lua). Key layout, for prefix P and shard N (a hash of the
+// session id; every key of a shard shares the hash tag {N}, so each script
+// stays in one Cluster slot):
+//
+//	P{N}:s:SID       hash   one session: state, episode, hand-over, deadline, connections per replica
+//	P{N}:due         zset   SID → deadline (ms)
+//	P{N}:r:REPLICA   set    sessions of the shard with connections on REPLICA
+//	P{N}:q:SID       list   the session's notifications still to deliver, oldest first
+//	P{N}:ready       zset   SID → when its queue's head is due (ms)
+//	P{N}:lease:SID   string the deliverer leasing the head: OWNER/TOKEN, with a TTL
+//	P{N}:fence       int    fencing tokens of the shard's leases
+//	P{N}:dead        list   dead letters; P{N}:deadep hash: episodes whose /expire died
+//	P{N}:recent      list   the last delivered or dead notifications
+package cluster
+
+import (
+	"context"
+	"crypto/sha1"
+	"embed"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// Shards is how many hash tags the sessions are spread over: enough for a
+// Redis Cluster's masters to share the load, few enough that a sweep of
+// every shard stays cheap.
+const Shards = 64
+
+//go:embed lua/*.lua
+var luaFiles embed.FS
+
+func script(name string) *rueidis.Lua {
+	prelude, err := luaFiles.ReadFile("lua/prelude.lua")
+	if err != nil {
+		panic(err)
+	}
+	body, err := luaFiles.ReadFile("lua/" + name + ".lua")
+	if err != nil {
+		panic(err)
+	}
+	return rueidis.NewLuaScript(string(prelude) + "\n" + string(body))
+}
+
+var (
+	openScript     = script("open")
+	closeScript    = script("close")
+	activityScript = script("activity")
+	handoffScript  = script("handoff")
+	fireScript     = script("fire")
+	reapScript     = script("reap")
+	claimScript    = script("claim")
+	ackScript      = script("ack")
+)
+
+// Options configure a State.
+type Options struct {
+	Prefix      string        // REDIS_KEY_PREFIX, e.g. "presence-sidecar:"
+	ForgetAfter time.Duration // a session without connections is dropped this long after it was last written
+	DeadLetters int           // dead letters kept per shard (default 1000)
+	Recent      int           // delivered or dead notifications kept per shard for operators (default 50)
+}
+
+// State runs the scripts. It is safe for concurrent use.
+type State struct {
+	c rueidis.Client
+	o Options
+}
+
+// New returns a State over c.
+func New(c rueidis.Client, o Options) *State {
+	if o.ForgetAfter <= 0 {
+		o.ForgetAfter = 24 * time.Hour
+	}
+	if o.DeadLetters <= 0 {
+		o.DeadLetters = 1000
+	}
+	if o.Recent <= 0 {
+		o.Recent = 50
+	}
+	return &State{c: c, o: o}
+}
+
+// noteID is the webhook-id the scripts give a notification (note_id in
+// lua/prelude.lua): derived from session, episode and kind, so that any
+// duplicate after a failover carries the same id.
+func noteID(sid string, episode uint64, kind string) string {
+	sum := sha1.Sum([]byte(sid + "\n" + strconv.FormatUint(episode, 10) + "\n" + kind))
+	return "msg_" + hex.EncodeToString(sum[:])[:32]
+}
+
+// ShardOf is the shard of a session id.
+func ShardOf(sid string) int {
+	h := fnv.New32a()
+	h.Write([]byte(sid))
+	return int(h.Sum32() % Shards)
+}
+
+// shardPrefix is the prefix of every key of shard n: "P{n}:".
+func (s *State) shardPrefix(n int) string { return s.o.Prefix + "{" + strconv.Itoa(n) + "}:" }
+
+func (s *State) sessionKey(sid string) (prefix, key string) {
+	p := s.shardPrefix(ShardOf(sid))
+	return p, p + "s:" + sid
+}
+
+func ms(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) }
+
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+// Mode and interval of a session, as the replica that reports an event
+// resolved them from the bot's settings.
+type Mode struct {
+	Activity bool // activity mode; else connection mode
+	Interval time.Duration
+}
+
+func (m Mode) name() string {
+	if m.Activity {
+		return "activity"
+	}
+	return "connection"
+}
+
+// Sign is what the session's state says after an open or an activity.
+type Sign struct {
+	Returned bool   // it was absent and is present again
+	Episode  uint64 // the session's latest absence episode
+	Queued   bool   // a return message was queued
+}
+
+func sign(v []int64, err error) (Sign, error) {
+	if err != nil {
+		return Sign{}, err
+	}
+	if len(v) != 3 {
+		return Sign{}, fmt.Errorf("cluster: unexpected script reply %v", v)
+	}
+	return Sign{Returned: v[0] == 1, Episode: uint64(v[1]), Queued: v[2] == 1}, nil
+}
+
+// Event is what the replica knows of the session beyond its id.
+type Event struct {
+	Bot         string
+	Mode        Mode
+	HandedOver  bool   // the default hand-over state of a new session (HANDOFF_DETECT=always)
+	ReturnText  string // the bot's return message, queued if the session returns
+	TraceParent string
+}
+
+// Open records that replica holds one more connection of session sid.
+func (s *State) Open(ctx context.Context, sid, replica string, e Event) (Sign, error) {
+	p, key := s.sessionKey(sid)
+	return sign(openScript.Exec(ctx, s.c, []string{key},
+		[]string{p, sid, replica, e.Bot, e.Mode.name(), ms(e.Mode.Interval), flag(e.HandedOver), e.ReturnText, e.TraceParent}).AsIntSlice())
+}
+
+// Close records that one of replica's connections of sid ended; it returns
+// the session's live connections left on all replicas.
+func (s *State) Close(ctx context.Context, sid, replica string) (int64, error) {
+	p, key := s.sessionKey(sid)
+	return closeScript.Exec(ctx, s.c, []string{key}, []string{p, sid, replica, ms(s.o.ForgetAfter)}).AsInt64()
+}
+
+// Activity records a sign of presence that is not a connection: an HTTP
+// request of the session, or a client message in activity mode.
+func (s *State) Activity(ctx context.Context, sid string, e Event) (Sign, error) {
+	p, key := s.sessionKey(sid)
+	return sign(activityScript.Exec(ctx, s.c, []string{key},
+		[]string{p, sid, e.Bot, e.Mode.name(), ms(e.Mode.Interval), flag(e.HandedOver), e.ReturnText, e.TraceParent, ms(s.o.ForgetAfter)}).AsIntSlice())
+}
+
+// Handoff starts or ends the session's hand-over to a human; it reports
+// whether that changed anything.
+func (s *State) Handoff(ctx context.Context, sid, bot string, on bool) (bool, error) {
+	p, key := s.sessionKey(sid)
+	v, err := handoffScript.Exec(ctx, s.c, []string{key}, []string{p, sid, flag(on), bot, ms(s.o.ForgetAfter)}).AsInt64()
+	return v == 1, err
+}
+
+// Decision is one absence decided by Fire.
+type Decision struct {
+	SessionID string
+	Episode   uint64
+	Reason    string // disconnected or inactive
+	Queued    bool   // its /expire was queued (the session is handed over)
+}
+
+// Fire decides up to limit of shard's sessions whose deadline is due.
+func (s *State) Fire(ctx context.Context, shard, limit int) ([]Decision, error) {
+	p := s.shardPrefix(shard)
+	v, err := fireScript.Exec(ctx, s.c, []string{p + "due"}, []string{p, strconv.Itoa(limit), ms(s.o.ForgetAfter)}).ToArray()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Decision, 0, len(v)/4)
+	for i := 0; i+3 < len(v); i += 4 {
+		sid, _ := v[i].ToString()
+		ep, _ := v[i+1].AsInt64()
+		reason, _ := v[i+2].ToString()
+		queued, _ := v[i+3].AsInt64()
+		out = append(out, Decision{SessionID: sid, Episode: uint64(ep), Reason: reason, Queued: queued == 1})
+	}
+	return out, nil
+}
+
+// Reap removes a dead replica's connections from shard's sessions; those
+// left without connections start their interval at lapse.
+func (s *State) Reap(ctx context.Context, shard int, replica string, lapse time.Time) (int64, error) {
+	p := s.shardPrefix(shard)
+	return reapScript.Exec(ctx, s.c, []string{p + "r:" + replica},
+		[]string{p, replica, strconv.FormatInt(lapse.UnixMilli(), 10), ms(s.o.ForgetAfter)}).AsInt64()
+}
+
+// Note is a notification as the scripts queue it (times in Unix ms), plus
+// the delivery bookkeeping a deliverer writes back on a retry.
+type Note struct {
+	ID        string `json:"id"`
+	Kind      string `json:"kind"`
+	SessionID string `json:"sid"`
+	BotID     string `json:"bot"`
+	Episode   uint64 `json:"ep"`
+	Reason    string `json:"reason,omitempty"`
+	Text      string `json:"text,omitempty"`
+	LastSeen  int64  `json:"seen,omitempty"`
+	Since     int64  `json:"since,omitempty"`
+	At        int64  `json:"at"` // when the transition was decided
+	Trace     string `json:"tp,omitempty"`
+
+	Attempts   int    `json:"attempts,omitempty"`
+	LastError  string `json:"err,omitempty"`
+	LastStatus int    `json:"status,omitempty"`
+}
+
+// Lease is a claimed queue head: the deliverer owns it until it acks or the
+// lease's TTL passes.
+type Lease struct {
+	Shard       int
+	Token       string // OWNER/TOKEN, the fencing value Ack presents
+	Note        Note
+	DeadEpisode bool // a return message whose episode's /expire was dead-lettered
+}
+
+// Claim leases up to limit due queue heads of shard for owner.
+func (s *State) Claim(ctx context.Context, shard int, owner string, lease time.Duration, limit int) ([]Lease, error) {
+	p := s.shardPrefix(shard)
+	v, err := claimScript.Exec(ctx, s.c, []string{p + "ready"}, []string{p, owner, ms(lease), strconv.Itoa(limit)}).ToArray()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Lease, 0, len(v)/4)
+	for i := 0; i+3 < len(v); i += 4 {
+		token, _ := v[i+1].AsInt64()
+		head, _ := v[i+2].ToString()
+		dead, _ := v[i+3].AsInt64()
+		l := Lease{Shard: shard, Token: owner + "/" + strconv.FormatInt(token, 10), DeadEpisode: dead == 1}
+		if err := json.Unmarshal([]byte(head), &l.Note); err != nil {
+			return out, fmt.Errorf("cluster: a queued notification does not decode: %w", err)
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
+
+// Outcome of a delivery attempt, as Ack records it.
+type Outcome string
+
+const (
+	Delivered Outcome = "delivered" // removed from the queue
+	Retry     Outcome = "retry"     // the head stays, due again at next
+	Dead      Outcome = "dead"      // moved to the dead letters
+)
+
+// Ack records what became of l's head (n as it is now, with its attempts);
+// false means the lease was no longer l's (it lapsed and another deliverer
+// may own the head now): nothing was changed.
+func (s *State) Ack(ctx context.Context, l Lease, outcome Outcome, n Note, next time.Time) (bool, error) {
+	p := s.shardPrefix(l.Shard)
+	head, err := json.Marshal(n)
+	if err != nil {
+		return false, err
+	}
+	v, err := ackScript.Exec(ctx, s.c, []string{p + "lease:" + n.SessionID},
+		[]string{p, n.SessionID, l.Token, string(outcome), string(head), strconv.FormatInt(next.UnixMilli(), 10),
+			strconv.Itoa(s.o.DeadLetters), strconv.Itoa(s.o.Recent)}).AsInt64()
+	return v == 1, err
+}

@@ -1,0 +1,245 @@
+package cluster
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/presence-sidecar/presence-sidecar/internal/testutil"
+	"github.com/presence-sidecar/presence-sidecar/internal/testutil/redistest"
+)
+
+// interval is short: deadlines are decided by Redis's clock, which no test
+// can move, so the tests wait for it.
+const interval = 300 * time.Millisecond
+
+var connMode = Mode{Interval: interval}
+
+// deployments runs fn against a single redis-server and a 3-master Redis
+// Cluster: every script must stay in one slot.
+func deployments(t *testing.T, fn func(t *testing.T, s *State)) {
+	t.Run("single", func(t *testing.T) {
+		srv := redistest.Start(t)
+		fn(t, newState(t, []string{srv.Addr}))
+	})
+	t.Run("cluster", func(t *testing.T) {
+		c := redistest.StartCluster(t, 3)
+		fn(t, newState(t, c.Addrs()))
+	})
+}
+
+func newState(t *testing.T, addrs []string) *State {
+	t.Helper()
+	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: addrs, DisableCache: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return New(c, Options{Prefix: "test:", ForgetAfter: time.Hour})
+}
+
+// fireAll sweeps every shard once, as any replica's sweeper does.
+func fireAll(t *testing.T, s *State) []Decision {
+	t.Helper()
+	var out []Decision
+	for n := range Shards {
+		d, err := s.Fire(context.Background(), n, 100)
+		if err != nil {
+			t.Fatalf("Fire shard %d: %v", n, err)
+		}
+		out = append(out, d...)
+	}
+	return out
+}
+
+// settle waits past the interval and sweeps; it returns the decisions.
+func settle(t *testing.T, s *State) []Decision {
+	t.Helper()
+	time.Sleep(interval + 100*time.Millisecond)
+	return fireAll(t, s)
+}
+
+func must[T any](t *testing.T) func(T, error) T {
+	return func(v T, err error) T {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+}
+
+func claimAll(t *testing.T, s *State, owner string, lease time.Duration) []Lease {
+	t.Helper()
+	var out []Lease
+	for n := range Shards {
+		l, err := s.Claim(context.Background(), n, owner, lease, 10)
+		if err != nil {
+			t.Fatalf("Claim shard %d: %v", n, err)
+		}
+		out = append(out, l...)
+	}
+	return out
+}
+
+// A client moving from replica A to replica B inside the interval produces
+// no decision; a session open on both and closed on both is decided once,
+// with one /expire queued, however many sweepers race (invariants 1, 2).
+func TestOneDecisionAcrossReplicas(t *testing.T) {
+	deployments(t, func(t *testing.T, s *State) {
+		ctx := context.Background()
+		ev := Event{Bot: "b", Mode: connMode}
+		must[Sign](t)(s.Open(ctx, "moving", "A", ev))
+		must[bool](t)(s.Handoff(ctx, "moving", "b", true))
+		must[int64](t)(s.Close(ctx, "moving", "A"))
+		must[Sign](t)(s.Open(ctx, "moving", "B", ev))
+		if d := settle(t, s); len(d) != 0 {
+			t.Fatalf("a reconnect to another replica was decided: %+v", d)
+		}
+
+		must[Sign](t)(s.Open(ctx, "both", "A", ev))
+		must[Sign](t)(s.Open(ctx, "both", "B", ev))
+		must[bool](t)(s.Handoff(ctx, "both", "b", true))
+		if n := must[int64](t)(s.Close(ctx, "both", "A")); n != 1 {
+			t.Fatalf("connections left after A closed: %d, want 1", n)
+		}
+		must[int64](t)(s.Close(ctx, "both", "B"))
+		time.Sleep(interval + 100*time.Millisecond)
+		var mu sync.Mutex
+		var all []Decision
+		var wg sync.WaitGroup
+		for range 4 { // four replicas sweeping at once
+			wg.Go(func() {
+				d := fireAll(t, s)
+				mu.Lock()
+				all = append(all, d...)
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		if len(all) != 1 || all[0].SessionID != "both" || all[0].Episode != 1 || !all[0].Queued || all[0].Reason != "disconnected" {
+			t.Fatalf("decisions: %+v, want one for session both, episode 1, queued", all)
+		}
+		leases := claimAll(t, s, "d1", time.Minute)
+		if len(leases) != 1 || leases[0].Note.Kind != "client.offline" || leases[0].Note.ID != noteID("both", 1, "client.offline") {
+			t.Fatalf("queued: %+v", leases)
+		}
+	})
+}
+
+// An absence decided by one replica and the return seen by another: the
+// return message is queued after the /expire and leased only once the
+// /expire is delivered (invariant 3).
+func TestReturnMessageFollowsItsExpire(t *testing.T) {
+	deployments(t, func(t *testing.T, s *State) {
+		ctx := context.Background()
+		ev := Event{Bot: "b", Mode: connMode, ReturnText: "voltou"}
+		must[Sign](t)(s.Open(ctx, "s", "A", ev))
+		must[bool](t)(s.Handoff(ctx, "s", "b", true))
+		must[int64](t)(s.Close(ctx, "s", "A"))
+		if d := settle(t, s); len(d) != 1 {
+			t.Fatalf("decisions: %+v", d)
+		}
+		if sg := must[Sign](t)(s.Open(ctx, "s", "B", ev)); !sg.Returned || !sg.Queued || sg.Episode != 1 {
+			t.Fatalf("return: %+v", sg)
+		}
+		first := claimAll(t, s, "d1", time.Minute)
+		if len(first) != 1 || first[0].Note.Kind != "client.offline" {
+			t.Fatalf("first lease: %+v, want the /expire alone", first)
+		}
+		if again := claimAll(t, s, "d2", time.Minute); len(again) != 0 {
+			t.Fatalf("the return message was leased while its /expire is: %+v", again)
+		}
+		if ok := must[bool](t)(s.Ack(ctx, first[0], Delivered, first[0].Note, time.Time{})); !ok {
+			t.Fatal("ack refused")
+		}
+		second := claimAll(t, s, "d1", time.Minute)
+		if len(second) != 1 || second[0].Note.Kind != "client.online" || second[0].Note.Text != "voltou" || second[0].DeadEpisode {
+			t.Fatalf("second lease: %+v", second)
+		}
+	})
+}
+
+// A replica that dies leaves its connections as leases that lapse: a
+// survivor reaps them, and the session left without connections is decided
+// one interval after the lapse.
+func TestDeadReplicaIsReaped(t *testing.T) {
+	deployments(t, func(t *testing.T, s *State) {
+		ctx := context.Background()
+		must[Sign](t)(s.Open(ctx, "held", "A", Event{Mode: connMode}))
+		must[bool](t)(s.Handoff(ctx, "held", "", true))
+		if d := settle(t, s); len(d) != 0 {
+			t.Fatalf("a connected session was decided: %+v", d)
+		}
+		lapse := time.Now()
+		for n := range Shards {
+			must[int64](t)(s.Reap(ctx, n, "A", lapse))
+			must[int64](t)(s.Reap(ctx, n, "A", lapse)) // a second survivor: idempotent
+		}
+		var got []Decision
+		testutil.Eventually(t, 5*time.Second, "the absence after the lapse", func() bool {
+			got = append(got, fireAll(t, s)...)
+			return len(got) > 0
+		})
+		if len(got) != 1 || got[0].SessionID != "held" {
+			t.Fatalf("decisions: %+v", got)
+		}
+	})
+}
+
+// A lease that lapsed is taken over with a new fencing token; the old
+// owner's late ack is refused, the new owner's applied.
+func TestStaleLeaseAckIsRefused(t *testing.T) {
+	deployments(t, func(t *testing.T, s *State) {
+		ctx := context.Background()
+		must[Sign](t)(s.Open(ctx, "f", "A", Event{Mode: connMode}))
+		must[bool](t)(s.Handoff(ctx, "f", "", true))
+		must[int64](t)(s.Close(ctx, "f", "A"))
+		settle(t, s)
+		old := claimAll(t, s, "zombie", 100*time.Millisecond)
+		if len(old) != 1 {
+			t.Fatalf("leases: %+v", old)
+		}
+		time.Sleep(200 * time.Millisecond)
+		cur := claimAll(t, s, "survivor", time.Minute)
+		if len(cur) != 1 || cur[0].Token == old[0].Token || cur[0].Note.ID != old[0].Note.ID {
+			t.Fatalf("takeover: %+v after %+v", cur, old)
+		}
+		if ok := must[bool](t)(s.Ack(ctx, old[0], Delivered, old[0].Note, time.Time{})); ok {
+			t.Fatal("a lapsed lease's ack was applied")
+		}
+		if ok := must[bool](t)(s.Ack(ctx, cur[0], Delivered, cur[0].Note, time.Time{})); !ok {
+			t.Fatal("the current lease's ack was refused")
+		}
+		if left := claimAll(t, s, "survivor", time.Minute); len(left) != 0 {
+			t.Fatalf("still queued: %+v", left)
+		}
+	})
+}
+
+// A dead-lettered /expire marks its episode: the return message of that
+// episode is leased flagged, so that the deliverer dead-letters it too.
+func TestDeadExpireMarksItsEpisode(t *testing.T) {
+	deployments(t, func(t *testing.T, s *State) {
+		ctx := context.Background()
+		ev := Event{Mode: connMode, HandedOver: true}
+		must[Sign](t)(s.Open(ctx, "d", "A", ev))
+		must[int64](t)(s.Close(ctx, "d", "A"))
+		settle(t, s)
+		must[Sign](t)(s.Open(ctx, "d", "A", ev))
+		l := claimAll(t, s, "d1", time.Minute)
+		if len(l) != 1 {
+			t.Fatalf("leases: %+v", l)
+		}
+		n := l[0].Note
+		n.Attempts, n.LastStatus, n.LastError = 1, 422, "refused"
+		must[bool](t)(s.Ack(ctx, l[0], Dead, n, time.Time{}))
+		l = claimAll(t, s, "d1", time.Minute)
+		if len(l) != 1 || l[0].Note.Kind != "client.online" || !l[0].DeadEpisode {
+			t.Fatalf("return message lease: %+v", l)
+		}
+	})
+}
