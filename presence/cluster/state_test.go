@@ -243,3 +243,36 @@ func TestDeadExpireMarksItsEpisode(t *testing.T) {
 		}
 	})
 }
+
+// The registry: a fresh lease is not lapsed; one left to lapse is listed,
+// reaped by any survivor and retired; a replica that renews after lapsing is
+// told so, to re-assert its connections.
+func TestReplicaRegistry(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newState(t, []string{srv.Addr})
+	ctx := context.Background()
+	if _, lapsed, err := s.Renew(ctx, "A", 200*time.Millisecond); err != nil || !lapsed {
+		t.Fatalf("first renew: lapsed=%v err=%v, want lapsed (nothing to keep)", lapsed, err)
+	}
+	if _, lapsed, _ := s.Renew(ctx, "A", 200*time.Millisecond); lapsed {
+		t.Fatal("a renew within the lease says lapsed")
+	}
+	must[Sign](t)(s.Open(ctx, "x", "A", Event{Mode: connMode, HandedOver: true}))
+	if l := must[[]LapsedReplica](t)(s.Lapsed(ctx)); len(l) != 0 {
+		t.Fatalf("lapsed too early: %+v", l)
+	}
+	time.Sleep(300 * time.Millisecond)
+	l := must[[]LapsedReplica](t)(s.Lapsed(ctx))
+	if len(l) != 1 || l[0].ID != "A" {
+		t.Fatalf("lapsed: %+v", l)
+	}
+	if n := must[int64](t)(s.ReapReplica(ctx, l[0])); n != 1 {
+		t.Fatalf("reaped %d sessions, want 1", n)
+	}
+	if l := must[[]LapsedReplica](t)(s.Lapsed(ctx)); len(l) != 0 {
+		t.Fatalf("still listed after reaping: %+v", l)
+	}
+	if _, lapsed, _ := s.Renew(ctx, "A", time.Second); !lapsed {
+		t.Fatal("a replica renewing after it was reaped is not told to re-assert")
+	}
+}
