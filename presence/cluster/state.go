@@ -55,8 +55,7 @@ func script(name string) *rueidis.Lua {
 }
 
 var (
-	openScript     = script("open")
-	closeScript    = script("close")
+	connsScript    = script("conns")
 	activityScript = script("activity")
 	handoffScript  = script("handoff")
 	fireScript     = script("fire")
@@ -165,18 +164,24 @@ type Event struct {
 	TraceParent string
 }
 
-// Open records that replica holds one more connection of session sid.
-func (s *State) Open(ctx context.Context, sid, replica string, e Event) (Sign, error) {
+// Conns states that replica holds count live connections of session sid
+// (an absolute count: retrying it, or replaying it after Redis was away,
+// is harmless). A count above the last one stated is a connection that
+// opened: presence in connection mode, and a return if the session was
+// absent. It returns the sign and the session's connections on all replicas.
+func (s *State) Conns(ctx context.Context, sid, replica string, count int, e Event) (Sign, int64, error) {
 	p, key := s.sessionKey(sid)
-	return sign(openScript.Exec(ctx, s.c, []string{key},
-		[]string{p, sid, replica, e.Bot, e.Mode.name(), ms(e.Mode.Interval), flag(e.HandedOver), e.ReturnText, e.TraceParent}).AsIntSlice())
-}
-
-// Close records that one of replica's connections of sid ended; it returns
-// the session's live connections left on all replicas.
-func (s *State) Close(ctx context.Context, sid, replica string) (int64, error) {
-	p, key := s.sessionKey(sid)
-	return closeScript.Exec(ctx, s.c, []string{key}, []string{p, sid, replica, ms(s.o.ForgetAfter)}).AsInt64()
+	v, err := connsScript.Exec(ctx, s.c, []string{key},
+		[]string{p, sid, replica, strconv.Itoa(count), e.Bot, e.Mode.name(), ms(e.Mode.Interval), flag(e.HandedOver),
+			e.ReturnText, e.TraceParent, ms(s.o.ForgetAfter)}).AsIntSlice()
+	if err != nil {
+		return Sign{}, 0, err
+	}
+	if len(v) != 4 {
+		return Sign{}, 0, fmt.Errorf("cluster: unexpected script reply %v", v)
+	}
+	sg, _ := sign(v[:3], nil)
+	return sg, v[3], nil
 }
 
 // Activity records a sign of presence that is not a connection: an HTTP

@@ -72,6 +72,30 @@ func must[T any](t *testing.T) func(T, error) T {
 	}
 }
 
+// open and closeConn state one more or one fewer connection of sid on
+// replica, as a replica's engine does from its own count.
+type replicaCounts map[string]int
+
+func (rc replicaCounts) open(t *testing.T, s *State, sid, replica string, e Event) Sign {
+	t.Helper()
+	rc[sid+"/"+replica]++
+	sg, _, err := s.Conns(context.Background(), sid, replica, rc[sid+"/"+replica], e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sg
+}
+
+func (rc replicaCounts) closeConn(t *testing.T, s *State, sid, replica string, e Event) int64 {
+	t.Helper()
+	rc[sid+"/"+replica]--
+	_, n, err := s.Conns(context.Background(), sid, replica, rc[sid+"/"+replica], e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 func claimAll(t *testing.T, s *State, owner string, lease time.Duration) []Lease {
 	t.Helper()
 	var out []Lease
@@ -91,22 +115,23 @@ func claimAll(t *testing.T, s *State, owner string, lease time.Duration) []Lease
 func TestOneDecisionAcrossReplicas(t *testing.T) {
 	deployments(t, func(t *testing.T, s *State) {
 		ctx := context.Background()
+		rc := replicaCounts{}
 		ev := Event{Bot: "b", Mode: connMode}
-		must[Sign](t)(s.Open(ctx, "moving", "A", ev))
+		rc.open(t, s, "moving", "A", ev)
 		must[bool](t)(s.Handoff(ctx, "moving", "b", true))
-		must[int64](t)(s.Close(ctx, "moving", "A"))
-		must[Sign](t)(s.Open(ctx, "moving", "B", ev))
+		rc.closeConn(t, s, "moving", "A", Event{Mode: connMode})
+		rc.open(t, s, "moving", "B", ev)
 		if d := settle(t, s); len(d) != 0 {
 			t.Fatalf("a reconnect to another replica was decided: %+v", d)
 		}
 
-		must[Sign](t)(s.Open(ctx, "both", "A", ev))
-		must[Sign](t)(s.Open(ctx, "both", "B", ev))
+		rc.open(t, s, "both", "A", ev)
+		rc.open(t, s, "both", "B", ev)
 		must[bool](t)(s.Handoff(ctx, "both", "b", true))
-		if n := must[int64](t)(s.Close(ctx, "both", "A")); n != 1 {
+		if n := rc.closeConn(t, s, "both", "A", Event{Mode: connMode}); n != 1 {
 			t.Fatalf("connections left after A closed: %d, want 1", n)
 		}
-		must[int64](t)(s.Close(ctx, "both", "B"))
+		rc.closeConn(t, s, "both", "B", Event{Mode: connMode})
 		time.Sleep(interval + 100*time.Millisecond)
 		var mu sync.Mutex
 		var all []Decision
@@ -136,14 +161,15 @@ func TestOneDecisionAcrossReplicas(t *testing.T) {
 func TestReturnMessageFollowsItsExpire(t *testing.T) {
 	deployments(t, func(t *testing.T, s *State) {
 		ctx := context.Background()
+		rc := replicaCounts{}
 		ev := Event{Bot: "b", Mode: connMode, ReturnText: "voltou"}
-		must[Sign](t)(s.Open(ctx, "s", "A", ev))
+		rc.open(t, s, "s", "A", ev)
 		must[bool](t)(s.Handoff(ctx, "s", "b", true))
-		must[int64](t)(s.Close(ctx, "s", "A"))
+		rc.closeConn(t, s, "s", "A", Event{Mode: connMode})
 		if d := settle(t, s); len(d) != 1 {
 			t.Fatalf("decisions: %+v", d)
 		}
-		if sg := must[Sign](t)(s.Open(ctx, "s", "B", ev)); !sg.Returned || !sg.Queued || sg.Episode != 1 {
+		if sg := rc.open(t, s, "s", "B", ev); !sg.Returned || !sg.Queued || sg.Episode != 1 {
 			t.Fatalf("return: %+v", sg)
 		}
 		first := claimAll(t, s, "d1", time.Minute)
@@ -169,7 +195,8 @@ func TestReturnMessageFollowsItsExpire(t *testing.T) {
 func TestDeadReplicaIsReaped(t *testing.T) {
 	deployments(t, func(t *testing.T, s *State) {
 		ctx := context.Background()
-		must[Sign](t)(s.Open(ctx, "held", "A", Event{Mode: connMode}))
+		rc := replicaCounts{}
+		rc.open(t, s, "held", "A", Event{Mode: connMode})
 		must[bool](t)(s.Handoff(ctx, "held", "", true))
 		if d := settle(t, s); len(d) != 0 {
 			t.Fatalf("a connected session was decided: %+v", d)
@@ -195,9 +222,10 @@ func TestDeadReplicaIsReaped(t *testing.T) {
 func TestStaleLeaseAckIsRefused(t *testing.T) {
 	deployments(t, func(t *testing.T, s *State) {
 		ctx := context.Background()
-		must[Sign](t)(s.Open(ctx, "f", "A", Event{Mode: connMode}))
+		rc := replicaCounts{}
+		rc.open(t, s, "f", "A", Event{Mode: connMode})
 		must[bool](t)(s.Handoff(ctx, "f", "", true))
-		must[int64](t)(s.Close(ctx, "f", "A"))
+		rc.closeConn(t, s, "f", "A", Event{Mode: connMode})
 		settle(t, s)
 		old := claimAll(t, s, "zombie", 100*time.Millisecond)
 		if len(old) != 1 {
@@ -225,11 +253,12 @@ func TestStaleLeaseAckIsRefused(t *testing.T) {
 func TestDeadExpireMarksItsEpisode(t *testing.T) {
 	deployments(t, func(t *testing.T, s *State) {
 		ctx := context.Background()
+		rc := replicaCounts{}
 		ev := Event{Mode: connMode, HandedOver: true}
-		must[Sign](t)(s.Open(ctx, "d", "A", ev))
-		must[int64](t)(s.Close(ctx, "d", "A"))
+		rc.open(t, s, "d", "A", ev)
+		rc.closeConn(t, s, "d", "A", Event{Mode: connMode})
 		settle(t, s)
-		must[Sign](t)(s.Open(ctx, "d", "A", ev))
+		rc.open(t, s, "d", "A", ev)
 		l := claimAll(t, s, "d1", time.Minute)
 		if len(l) != 1 {
 			t.Fatalf("leases: %+v", l)
@@ -251,13 +280,14 @@ func TestReplicaRegistry(t *testing.T) {
 	srv := redistest.Start(t)
 	s := newState(t, []string{srv.Addr})
 	ctx := context.Background()
+	rc := replicaCounts{}
 	if _, lapsed, err := s.Renew(ctx, "A", 200*time.Millisecond); err != nil || !lapsed {
 		t.Fatalf("first renew: lapsed=%v err=%v, want lapsed (nothing to keep)", lapsed, err)
 	}
 	if _, lapsed, _ := s.Renew(ctx, "A", 200*time.Millisecond); lapsed {
 		t.Fatal("a renew within the lease says lapsed")
 	}
-	must[Sign](t)(s.Open(ctx, "x", "A", Event{Mode: connMode, HandedOver: true}))
+	rc.open(t, s, "x", "A", Event{Mode: connMode, HandedOver: true})
 	if l := must[[]LapsedReplica](t)(s.Lapsed(ctx)); len(l) != 0 {
 		t.Fatalf("lapsed too early: %+v", l)
 	}
@@ -274,5 +304,36 @@ func TestReplicaRegistry(t *testing.T) {
 	}
 	if _, lapsed, _ := s.Renew(ctx, "A", time.Second); !lapsed {
 		t.Fatal("a replica renewing after it was reaped is not told to re-assert")
+	}
+}
+
+// A replica states absolute counts: the same statement retried (a timeout
+// whose write did land) or replayed (after Redis was away) changes nothing,
+// and a session whose replicas all state 0 starts its interval.
+func TestConnsIsIdempotent(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newState(t, []string{srv.Addr})
+	ctx := context.Background()
+	ev := Event{Mode: connMode, HandedOver: true}
+	for range 3 {
+		if _, n, err := s.Conns(ctx, "i", "A", 2, ev); err != nil || n != 2 {
+			t.Fatalf("A states 2: total %d, %v", n, err)
+		}
+	}
+	if _, n, _ := s.Conns(ctx, "i", "B", 1, ev); n != 3 {
+		t.Fatalf("B states 1: total %d, want 3", n)
+	}
+	if d := settle(t, s); len(d) != 0 {
+		t.Fatalf("decided while connected: %+v", d)
+	}
+	for range 2 {
+		s.Conns(ctx, "i", "A", 0, ev)
+		s.Conns(ctx, "i", "B", 0, ev)
+	}
+	if d := settle(t, s); len(d) != 1 || d[0].SessionID != "i" {
+		t.Fatalf("decisions after both replicas stated 0: %+v", d)
+	}
+	if _, n, _ := s.Conns(ctx, "unknown", "A", 0, ev); n != 0 {
+		t.Fatalf("stating 0 for an unknown session: %d", n)
 	}
 }

@@ -1,0 +1,48 @@
+-- conns: a replica states how many live connections it holds of a session.
+-- The count is absolute, not a delta, so the call is idempotent: a retry
+-- after a timeout, or the replay of a replica's connections after Redis was
+-- away or came back empty, can never count a connection twice.
+-- KEYS[1] session hash. ARGV: prefix, sid, replica, count, bot, mode,
+-- interval ms, handed over by default (1/0), return text, traceparent,
+-- forget after ms.
+-- Returns {returned (1/0), episode, notification queued (1/0), connections
+-- on all replicas}.
+local p, sid, rid, count, bot, mode, iv = ARGV[1], ARGV[2], ARGV[3], num(ARGV[4]), ARGV[5], ARGV[6], num(ARGV[7])
+local h = KEYS[1]
+local now = now_ms()
+if redis.call('EXISTS', h) == 0 then
+  if count == 0 then return {0, 0, 0, 0} end
+  redis.call('HSET', h, 'st', 'p', 'ep', 0, 'ho', ARGV[8], 'xs', 0, 'seen', now, 'dl', 0, 'n', 0)
+end
+if bot ~= '' and (redis.call('HGET', h, 'bot') or '') == '' then
+  redis.call('HSET', h, 'bot', bot)
+end
+redis.call('HSET', h, 'mode', mode, 'iv', iv)
+local prev = num(redis.call('HGET', h, 'c:' .. rid))
+if count > 0 then
+  redis.call('HSET', h, 'c:' .. rid, count)
+  redis.call('SADD', p .. 'r:' .. rid, sid)
+else
+  redis.call('HDEL', h, 'c:' .. rid)
+  redis.call('SREM', p .. 'r:' .. rid, sid)
+end
+local n = redis.call('HINCRBY', h, 'n', count - prev)
+if n < 0 then
+  n = 0
+  redis.call('HSET', h, 'n', 0)
+end
+local r = {0, num(redis.call('HGET', h, 'ep')), 0}
+if count > prev then
+  -- A connection opened: in connection mode that is presence (and maybe a
+  -- return); in activity mode an open is not activity.
+  redis.call('PERSIST', h)
+  if ARGV[10] ~= '' then redis.call('HSET', h, 'tp', ARGV[10]) end
+  if mode == 'connection' then
+    redis.call('HSET', h, 'seen', now)
+    r = back(p, h, sid, now, ARGV[9])
+  end
+elseif n == 0 and prev > 0 then
+  disconnected(p, h, sid, now, num(ARGV[11]))
+end
+table.insert(r, n)
+return r
