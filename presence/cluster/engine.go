@@ -1,0 +1,455 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/presence-sidecar/presence-sidecar/presence"
+	"github.com/presence-sidecar/presence-sidecar/presence/rules"
+	"github.com/presence-sidecar/presence-sidecar/proxy/event"
+)
+
+// EngineOptions configure an Engine.
+type EngineOptions struct {
+	State   *State
+	Replica string        // this process's id in the registry; unique per process
+	Lease   time.Duration // REDIS_LEASE_TTL: a replica not heard of this long is dead
+
+	// Settings resolves a bot's effective presence settings (the
+	// environment's defaults, PRESENCE_BOTS_FILE, run-time changes).
+	Settings     func(botID string) presence.Settings
+	Detect       presence.Detect
+	HandoffStart rules.Set
+	HandoffEnd   rules.Set
+	Ignore       rules.Set
+
+	Sweep time.Duration // how often every shard's due deadlines are swept (default 250ms)
+	Log   *zap.Logger
+	Wake  func() // called after notifications were queued
+}
+
+// Engine feeds the proxy's events to the cluster's state in Redis and
+// sweeps its deadlines. The proxy's callbacks never wait for Redis: they
+// write the ledger, which one writer goroutine states to Redis; while Redis
+// is away the ledger keeps what it must hear, decisions pause (no sweep, so
+// no /expire from missing data), and when Redis is back the ledger is
+// replayed and one lease passes before sweeping again, so that every
+// replica re-asserted its connections first.
+type Engine struct {
+	o      EngineOptions
+	log    *zap.Logger
+	ledger *ledger
+
+	connsMu sync.Mutex
+	conns   map[event.ConnID]*connInfo
+
+	healthy    atomic.Bool  // the last Redis call succeeded
+	sweepAfter atomic.Int64 // Unix ns: no sweep before (a lease after Redis came back)
+
+	counts struct {
+		decisions, queued, returned, redisErrors, reasserts, reaped atomic.Uint64
+	}
+}
+
+type connInfo struct {
+	sid   string
+	bot   string
+	trace string
+}
+
+var _ event.Observer = (*Engine)(nil)
+
+// NewEngine returns an Engine; Run starts its work.
+func NewEngine(o EngineOptions) (*Engine, error) {
+	switch {
+	case o.State == nil:
+		return nil, errors.New("cluster: no state")
+	case o.Replica == "":
+		return nil, errors.New("cluster: no replica id")
+	case o.Lease <= 0:
+		return nil, errors.New("cluster: the lease must be positive")
+	case o.Settings == nil:
+		return nil, errors.New("cluster: no settings")
+	}
+	if o.Sweep <= 0 {
+		o.Sweep = 250 * time.Millisecond
+	}
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
+	if o.Wake == nil {
+		o.Wake = func() {}
+	}
+	return &Engine{o: o, log: o.Log, ledger: newLedger(), conns: map[event.ConnID]*connInfo{}}, nil
+}
+
+// ---- event.Observer: the data path; map writes only ----
+
+// ConnOpened implements event.Observer.
+func (e *Engine) ConnOpened(id event.ConnID, o event.Open) {
+	c := &connInfo{sid: o.Who.SessionID, bot: o.Who.BotID, trace: o.Trace}
+	e.connsMu.Lock()
+	e.conns[id] = c
+	e.connsMu.Unlock()
+	if c.sid != "" {
+		e.attach(c.sid, c.bot, c.trace)
+	}
+}
+
+func (e *Engine) attach(sid, bot, trace string) {
+	e.ledger.update(sid, func(en *entry) {
+		en.conns++
+		en.connsDirty = true
+		if bot != "" {
+			en.bot = bot
+		}
+		if trace != "" {
+			en.trace = trace
+		}
+	})
+}
+
+// ConnIdentified implements event.Observer.
+func (e *Engine) ConnIdentified(id event.ConnID, who event.Identity) {
+	e.connsMu.Lock()
+	c := e.conns[id]
+	attach := c != nil && c.sid == "" && who.SessionID != ""
+	var bot, trace string
+	if c != nil {
+		if attach {
+			c.sid = who.SessionID
+		}
+		if who.BotID != "" && c.bot == "" {
+			c.bot = who.BotID
+		}
+		bot, trace = c.bot, c.trace
+	}
+	e.connsMu.Unlock()
+	if attach {
+		e.attach(who.SessionID, bot, trace)
+	}
+}
+
+// Message implements event.Observer: the hand-over rules on any message,
+// and in activity mode a client message not matched by Ignore is activity.
+func (e *Engine) Message(id event.ConnID, dir event.Direction, m event.Message) {
+	e.connsMu.Lock()
+	var sid, bot string
+	if c := e.conns[id]; c != nil {
+		sid, bot = c.sid, c.bot // copied under the lock: ConnIdentified writes them
+	}
+	e.connsMu.Unlock()
+	if sid == "" {
+		return
+	}
+	var handoff int8
+	if e.o.Detect.Rules {
+		switch {
+		case e.o.HandoffStart.Match(dir, m.Prefix):
+			handoff = 1
+		case e.o.HandoffEnd.Match(dir, m.Prefix):
+			handoff = -1
+		}
+	}
+	activity := dir == event.FromClient && e.o.Settings(bot).Mode == presence.ModeActivity &&
+		!e.o.Ignore.Match(event.FromClient, m.Prefix)
+	if handoff == 0 && !activity {
+		return
+	}
+	now := time.Now()
+	e.ledger.update(sid, func(en *entry) {
+		if handoff != 0 {
+			en.handoff = handoff
+		}
+		if activity {
+			en.activityAt = now
+		}
+	})
+}
+
+// ConnClosed implements event.Observer. A connection the sidecar closes at
+// shutdown still counts: its lease lapses with the replica, and the client
+// has a whole interval from then to come back (invariant 6).
+func (e *Engine) ConnClosed(id event.ConnID, reason event.CloseReason) {
+	e.connsMu.Lock()
+	c := e.conns[id]
+	delete(e.conns, id)
+	e.connsMu.Unlock()
+	if c == nil || c.sid == "" || reason == event.CloseShutdown {
+		return
+	}
+	e.ledger.update(c.sid, func(en *entry) {
+		if en.conns > 0 {
+			en.conns--
+		}
+		en.connsDirty = true
+	})
+}
+
+// HTTPRequest implements event.Observer: a request of a session is a sign
+// of presence in either mode.
+func (e *Engine) HTTPRequest(r event.Request) { e.sign(r) }
+
+// UpgradeFailed implements event.Observer: a client trying to reach the
+// service is present (invariant 7).
+func (e *Engine) UpgradeFailed(r event.Request) { e.sign(r) }
+
+func (e *Engine) sign(r event.Request) {
+	if r.Who.SessionID == "" {
+		return
+	}
+	var handoff int8
+	if e.o.Detect.Rules && r.Body != nil {
+		switch {
+		case e.o.HandoffStart.Match(event.FromClient, r.Body):
+			handoff = 1
+		case e.o.HandoffEnd.Match(event.FromClient, r.Body):
+			handoff = -1
+		}
+	}
+	now := time.Now()
+	e.ledger.update(r.Who.SessionID, func(en *entry) {
+		en.activityAt = now
+		if r.Who.BotID != "" {
+			en.bot = r.Who.BotID
+		}
+		if r.Trace != "" && en.conns == 0 {
+			en.trace = r.Trace
+		}
+		if handoff != 0 {
+			en.handoff = handoff
+		}
+	})
+}
+
+// SetHandoff starts or ends a session's hand-over (the admin API). Unlike
+// the rules it waits for Redis: the caller wants to know it took effect.
+func (e *Engine) SetHandoff(ctx context.Context, sid, bot string, on bool) error {
+	if !e.o.Detect.API {
+		return presence.ErrAPIDisabled
+	}
+	_, err := e.o.State.Handoff(ctx, sid, bot, on)
+	return err
+}
+
+// ---- the writer, the sweeper, the registry ----
+
+// Run states the ledger to Redis, renews this replica's lease, reaps lapsed
+// replicas and sweeps deadlines, until ctx ends.
+func (e *Engine) Run(ctx context.Context) error {
+	e.sweepAfter.Store(time.Now().Add(e.o.Lease).UnixNano()) // let every replica's connections in first
+	var wg sync.WaitGroup
+	wg.Go(func() { e.writeLoop(ctx) })
+	wg.Go(func() { e.registryLoop(ctx) })
+	wg.Go(func() { e.sweepLoop(ctx) })
+	wg.Wait()
+	return nil
+}
+
+func (e *Engine) writeLoop(ctx context.Context) {
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-e.ledger.kick:
+		case <-retry.C:
+		}
+		if failed := e.writeDirty(ctx); failed {
+			retry.Reset(time.Second)
+		}
+	}
+}
+
+// writeDirty states every dirty entry; it reports whether any write failed
+// (those are dirty again).
+func (e *Engine) writeDirty(ctx context.Context) (failed bool) {
+	woke := false
+	for n := range Shards {
+		for _, p := range e.ledger.take(n) {
+			queued, err := e.write(ctx, p)
+			if err != nil {
+				e.ledger.putBack(p)
+				e.redisFailed(err)
+				failed = true
+				continue
+			}
+			woke = woke || queued
+		}
+	}
+	if !failed {
+		e.redisOK()
+	}
+	if woke {
+		e.o.Wake()
+	}
+	return failed
+}
+
+// write states one session's pending changes; it reports whether a
+// notification was queued.
+func (e *Engine) write(ctx context.Context, p pending) (queued bool, err error) {
+	set := e.o.Settings(p.bot)
+	ev := Event{Bot: p.bot, Mode: Mode{Activity: set.Mode == presence.ModeActivity, Interval: set.CheckInterval},
+		HandedOver: e.o.Detect.Always, ReturnText: set.ReturnText(), TraceParent: p.trace}
+	if p.handoff != 0 {
+		if _, err := e.o.State.Handoff(ctx, p.sid, p.bot, p.handoff > 0); err != nil {
+			return false, err
+		}
+	}
+	if p.connsDirty {
+		sg, _, err := e.o.State.Conns(ctx, p.sid, e.o.Replica, p.conns, ev)
+		if err != nil {
+			return false, err
+		}
+		queued = queued || e.noteSign(p.sid, sg)
+	}
+	if !p.activityAt.IsZero() {
+		sg, err := e.o.State.Activity(ctx, p.sid, ev)
+		if err != nil {
+			return queued, err
+		}
+		queued = queued || e.noteSign(p.sid, sg)
+	}
+	return queued, nil
+}
+
+func (e *Engine) noteSign(sid string, sg Sign) bool {
+	if sg.Returned {
+		e.counts.returned.Add(1)
+		e.log.Info("presence: client back", zap.String("session", sid), zap.Uint64("episode", sg.Episode),
+			zap.Bool("return_message_queued", sg.Queued))
+	}
+	if sg.Queued {
+		e.counts.queued.Add(1)
+	}
+	return sg.Queued
+}
+
+func (e *Engine) redisFailed(err error) {
+	e.counts.redisErrors.Add(1)
+	if e.healthy.Swap(false) {
+		e.log.Error("presence: Redis is unreachable; decisions pause, connection changes are kept and replayed", zap.Error(err))
+	}
+}
+
+func (e *Engine) redisOK() {
+	if !e.healthy.Swap(true) {
+		// Back (or first contact): every replica re-asserts its connections
+		// within a lease; sweeping earlier could decide from missing data.
+		e.sweepAfter.Store(time.Now().Add(e.o.Lease).UnixNano())
+		e.log.Info("presence: Redis reachable; sweeping resumes after one lease", zap.Duration("lease", e.o.Lease))
+	}
+}
+
+// Healthy reports whether the last call to Redis succeeded (/readyz).
+func (e *Engine) Healthy() bool { return e.healthy.Load() }
+
+func (e *Engine) registryLoop(ctx context.Context) {
+	tick := time.NewTicker(e.o.Lease / 3)
+	defer tick.Stop()
+	for {
+		_, lapsed, err := e.o.State.Renew(ctx, e.o.Replica, e.o.Lease)
+		if err != nil {
+			e.redisFailed(err)
+		} else {
+			e.redisOK()
+		}
+		if err == nil && lapsed {
+			// Our lease lapsed (or Redis lost it): survivors may have reaped
+			// us or may yet; reap ourselves (idempotent), then say again what
+			// we hold.
+			if _, err := e.o.State.ReapReplica(ctx, LapsedReplica{ID: e.o.Replica}); err != nil {
+				e.redisFailed(err)
+			} else {
+				e.counts.reasserts.Add(1)
+				e.ledger.reassert()
+			}
+		}
+		if lapsed, err := e.o.State.Lapsed(ctx); err == nil {
+			for _, r := range lapsed {
+				if r.ID == e.o.Replica {
+					continue
+				}
+				n, err := e.o.State.ReapReplica(ctx, r)
+				if err != nil {
+					e.redisFailed(err)
+					break
+				}
+				e.counts.reaped.Add(1)
+				e.log.Warn("presence: a replica's lease lapsed; its connections were removed",
+					zap.String("replica", r.ID), zap.Time("lapse", r.Lapse), zap.Int64("sessions", n))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (e *Engine) sweepLoop(ctx context.Context) {
+	tick := time.NewTicker(e.o.Sweep)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if !e.healthy.Load() || time.Now().UnixNano() < e.sweepAfter.Load() {
+			continue
+		}
+		woke := false
+		for n := range Shards {
+			ds, err := e.o.State.Fire(ctx, n, 500)
+			if err != nil {
+				e.redisFailed(err)
+				break
+			}
+			for _, d := range ds {
+				e.counts.decisions.Add(1)
+				if d.Queued {
+					e.counts.queued.Add(1)
+					woke = true
+				}
+				e.log.Info("presence: client absent", zap.String("session", d.SessionID),
+					zap.Uint64("episode", d.Episode), zap.String("reason", d.Reason), zap.Bool("expire_queued", d.Queued))
+			}
+		}
+		if woke {
+			e.o.Wake()
+		}
+	}
+}
+
+// Stats are the engine's counters since start.
+type Stats struct {
+	Decisions, Queued, Returned, RedisErrors, Reasserts, ReapedReplicas uint64
+	LedgerSessions, LedgerConnections, LedgerDirty                      int
+	Healthy                                                             bool
+}
+
+// Stats returns the engine's counters.
+func (e *Engine) Stats() Stats {
+	s, c, d := e.ledger.size()
+	return Stats{
+		Decisions: e.counts.decisions.Load(), Queued: e.counts.queued.Load(), Returned: e.counts.returned.Load(),
+		RedisErrors: e.counts.redisErrors.Load(), Reasserts: e.counts.reasserts.Load(), ReapedReplicas: e.counts.reaped.Load(),
+		LedgerSessions: s, LedgerConnections: c, LedgerDirty: d, Healthy: e.healthy.Load(),
+	}
+}
+
+// ReplicaID makes a replica id from the host's name and a random suffix, so
+// that a restarted process never inherits its predecessor's lease.
+func ReplicaID(host, random string) string {
+	return strings.ReplaceAll(host, "/", "_") + "-" + random
+}

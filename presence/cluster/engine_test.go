@@ -1,0 +1,111 @@
+package cluster
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/presence-sidecar/presence-sidecar/internal/testutil"
+	"github.com/presence-sidecar/presence-sidecar/internal/testutil/redistest"
+	"github.com/presence-sidecar/presence-sidecar/presence"
+	"github.com/presence-sidecar/presence-sidecar/presence/rules"
+	"github.com/presence-sidecar/presence-sidecar/proxy/event"
+)
+
+const lease = 600 * time.Millisecond
+
+var transfer = []byte(`{"action":"end_conversation","data":{"isTransfer":true}}`)
+
+// replica runs an Engine as replica id over s until the test ends.
+func replica(t *testing.T, s *State, id string) *Engine {
+	t.Helper()
+	e, err := NewEngine(EngineOptions{
+		State: s, Replica: id, Lease: lease, Sweep: 50 * time.Millisecond,
+		Settings: func(string) presence.Settings {
+			return presence.Settings{Enabled: true, CheckInterval: interval, Mode: presence.ModeConnection}
+		},
+		Detect:       presence.Detect{Rules: true, API: true},
+		HandoffStart: rules.MustParse("server:data.isTransfer=true", event.FromClient),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { e.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return e
+}
+
+func queuedNotes(t *testing.T, s *State) []Note {
+	t.Helper()
+	var out []Note
+	for _, l := range claimAll(t, s, "observer", time.Minute) {
+		out = append(out, l.Note)
+	}
+	return out
+}
+
+// Through two engines: a handed-over client that moves from A to B inside
+// the interval produces nothing; once it leaves B, one /expire is queued.
+func TestEnginesShareOneTruth(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newState(t, []string{srv.Addr})
+	a, b := replica(t, s, "A"), replica(t, s, "B")
+	who := event.Identity{SessionID: "s1", BotID: "bot"}
+
+	a.ConnOpened(1, event.Open{Who: who})
+	a.Message(1, event.FromServer, event.Message{Text: true, Prefix: transfer})
+	a.ConnClosed(1, event.CloseClientGone)
+	b.ConnOpened(7, event.Open{Who: who})
+	time.Sleep(lease + 2*interval) // past the first sweeps and the interval
+	if n := queuedNotes(t, s); len(n) != 0 {
+		t.Fatalf("a move between replicas was notified: %+v", n)
+	}
+	b.ConnClosed(7, event.CloseClientGone)
+	var got []Note
+	testutil.Eventually(t, 10*time.Second, "the /expire", func() bool {
+		got = append(got, queuedNotes(t, s)...)
+		return len(got) > 0
+	})
+	time.Sleep(2 * interval)
+	got = append(got, queuedNotes(t, s)...)
+	if len(got) != 1 || got[0].Kind != "client.offline" || got[0].SessionID != "s1" {
+		t.Fatalf("notes: %+v, want one /expire", got)
+	}
+}
+
+// Redis stopped while a connection opens and another closes: the relay's
+// callbacks return at once, nothing is decided while Redis is away, and
+// when it is back (empty: no persistence) the replica re-asserts its live
+// connection, so the connected session is never decided absent.
+func TestRedisAwayThenBackEmpty(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newState(t, []string{srv.Addr})
+	a := replica(t, s, "A")
+	testutil.Eventually(t, 5*time.Second, "first contact", a.Healthy)
+	handed := event.Identity{SessionID: "stays", BotID: "bot"}
+	a.ConnOpened(1, event.Open{Who: handed})
+	a.Message(1, event.FromServer, event.Message{Text: true, Prefix: transfer})
+	testutil.Eventually(t, 5*time.Second, "the ledger written", func() bool { return a.Stats().LedgerDirty == 0 })
+
+	srv.Kill()
+	start := time.Now()
+	a.ConnOpened(2, event.Open{Who: event.Identity{SessionID: "other"}})
+	a.ConnClosed(2, event.CloseClientGone)
+	if d := time.Since(start); d > 50*time.Millisecond {
+		t.Fatalf("the callbacks waited %s for a dead Redis", d)
+	}
+	testutil.Eventually(t, 5*time.Second, "Redis seen down", func() bool { return !a.Healthy() })
+
+	srv.Restart()
+	testutil.Eventually(t, 10*time.Second, "the live connection re-asserted", func() bool {
+		return a.Healthy() && a.Stats().Reasserts > 0 && a.Stats().LedgerDirty == 0
+	})
+	time.Sleep(lease + 2*interval)
+	for _, n := range queuedNotes(t, s) {
+		if n.SessionID == "stays" {
+			t.Fatalf("a connected session was decided absent after Redis came back: %+v", n)
+		}
+	}
+}
