@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -306,4 +307,49 @@ func (s *State) Ack(ctx context.Context, l Lease, outcome Outcome, n Note, next 
 		[]string{p, n.SessionID, l.Token, string(outcome), string(head), strconv.FormatInt(next.UnixMilli(), 10),
 			strconv.Itoa(s.o.DeadLetters), strconv.Itoa(s.o.Recent)}).AsInt64()
 	return v == 1, err
+}
+
+// SessionState is one session as Redis holds it, for the admin API and the
+// status page: the cluster's view, with the replicas holding its
+// connections.
+type SessionState struct {
+	ID         string           `json:"id"`
+	BotID      string           `json:"botId,omitempty"`
+	Absent     bool             `json:"absent"`
+	HandedOver bool             `json:"handedOver"`
+	Episode    uint64           `json:"episode"`
+	ExpireSent bool             `json:"expireSent"`
+	Conns      int64            `json:"conns"`
+	Replicas   map[string]int64 `json:"replicas,omitempty"` // replica → its live connections
+	LastSeenAt time.Time        `json:"lastSeenAt"`
+	Deadline   time.Time        `json:"deadline,omitzero"`
+	Reason     string           `json:"reason,omitempty"`
+}
+
+// Session reads sid's state; false when Redis has none.
+func (s *State) Session(ctx context.Context, sid string) (SessionState, bool, error) {
+	_, key := s.sessionKey(sid)
+	m, err := s.c.Do(ctx, s.c.B().Hgetall().Key(key).Build()).AsStrMap()
+	if err != nil || len(m) == 0 {
+		return SessionState{}, false, err
+	}
+	i := func(k string) int64 { v, _ := strconv.ParseInt(m[k], 10, 64); return v }
+	t := func(k string) time.Time {
+		if v := i(k); v > 0 {
+			return time.UnixMilli(v).UTC()
+		}
+		return time.Time{}
+	}
+	out := SessionState{ID: sid, BotID: m["bot"], Absent: m["st"] == "a", HandedOver: m["ho"] == "1",
+		Episode: uint64(i("ep")), ExpireSent: m["xs"] == "1", Conns: i("n"), LastSeenAt: t("seen"),
+		Deadline: t("dl"), Reason: m["rs"]}
+	for k, v := range m {
+		if r, ok := strings.CutPrefix(k, "c:"); ok {
+			if out.Replicas == nil {
+				out.Replicas = map[string]int64{}
+			}
+			out.Replicas[r], _ = strconv.ParseInt(v, 10, 64)
+		}
+	}
+	return out, true, nil
 }

@@ -128,6 +128,9 @@ func TestOneDecisionAcrossReplicas(t *testing.T) {
 		rc.open(t, s, "both", "A", ev)
 		rc.open(t, s, "both", "B", ev)
 		must[bool](t)(s.Handoff(ctx, "both", "b", true))
+		if v, ok, err := s.Session(ctx, "both"); err != nil || !ok || v.Conns != 2 || v.Replicas["A"] != 1 || v.Replicas["B"] != 1 || !v.HandedOver {
+			t.Fatalf("the cluster's view of a session on two replicas: %+v %v %v", v, ok, err)
+		}
 		if n := rc.closeConn(t, s, "both", "A", Event{Mode: connMode}); n != 1 {
 			t.Fatalf("connections left after A closed: %d, want 1", n)
 		}
