@@ -33,6 +33,8 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
+
+	"github.com/presence-sidecar/presence-sidecar/store"
 )
 
 // Shards is how many hash tags the sessions are spread over: enough for a
@@ -352,4 +354,34 @@ func (s *State) Session(ctx context.Context, sid string) (SessionState, bool, er
 		}
 	}
 	return out, true, nil
+}
+
+// The per-bot settings changed at run time live in one hash, P + "bots"
+// (bot id → store.BotSettings as JSON), shared by every replica.
+func (s *State) botsKey() string { return s.o.Prefix + "bots" }
+
+// PutBot stores a bot's run-time settings.
+func (s *State) PutBot(ctx context.Context, botID string, b store.BotSettings) error {
+	v, err := json.Marshal(b)
+	if err != nil {
+		return err
+	}
+	return s.c.Do(ctx, s.c.B().Hset().Key(s.botsKey()).FieldValue().FieldValue(botID, string(v)).Build()).Error()
+}
+
+// Bots reads every bot's run-time settings.
+func (s *State) Bots(ctx context.Context) (map[string]store.BotSettings, error) {
+	m, err := s.c.Do(ctx, s.c.B().Hgetall().Key(s.botsKey()).Build()).AsStrMap()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]store.BotSettings, len(m))
+	for id, v := range m {
+		var b store.BotSettings
+		if err := json.Unmarshal([]byte(v), &b); err != nil {
+			return nil, fmt.Errorf("cluster: settings of bot %q do not decode: %w", id, err)
+		}
+		out[id] = b
+	}
+	return out, nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/presence-sidecar/presence-sidecar/internal/testutil"
 	"github.com/presence-sidecar/presence-sidecar/internal/testutil/redistest"
+	"github.com/presence-sidecar/presence-sidecar/store"
 )
 
 // interval is short: deadlines are decided by Redis's clock, which no test
@@ -338,5 +339,19 @@ func TestConnsIsIdempotent(t *testing.T) {
 	}
 	if _, n, _ := s.Conns(ctx, "unknown", "A", 0, ev); n != 0 {
 		t.Fatalf("stating 0 for an unknown session: %d", n)
+	}
+}
+
+// Run-time bot settings are shared by every replica through Redis.
+func TestBotsAreShared(t *testing.T) {
+	srv := redistest.Start(t)
+	a, b := newState(t, []string{srv.Addr}), newState(t, []string{srv.Addr})
+	on := true
+	if err := a.PutBot(context.Background(), "sales", store.BotSettings{Enabled: &on, CheckInterval: "3m"}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.Bots(context.Background())
+	if err != nil || len(got) != 1 || got["sales"].CheckInterval != "3m" || got["sales"].Enabled == nil || !*got["sales"].Enabled {
+		t.Fatalf("bots seen by another replica: %+v %v", got, err)
 	}
 }
