@@ -79,6 +79,8 @@ func (s *Server) start() {
 	s.t.Helper()
 	s.cmd = exec.Command(s.bin, s.args...)
 	s.cmd.Dir = s.dir
+	// A test binary killed (a timeout, ^C) takes its servers with it.
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatalf("starting %s: %v", s.bin, err)
 	}
