@@ -15,6 +15,10 @@ import (
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
 )
 
+// callTimeout bounds each call to Redis: an engine whose Redis hangs sees
+// it fail, keeps its ledger and retries, instead of waiting forever.
+const callTimeout = 2 * time.Second
+
 // EngineOptions configure an Engine.
 type EngineOptions struct {
 	State   *State
@@ -296,6 +300,8 @@ func (e *Engine) writeDirty(ctx context.Context) (failed bool) {
 // write states one session's pending changes; it reports whether a
 // notification was queued.
 func (e *Engine) write(ctx context.Context, p pending) (queued bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
 	set := e.o.Settings(p.bot)
 	ev := Event{Bot: p.bot, Mode: Mode{Activity: set.Mode == presence.ModeActivity, Interval: set.CheckInterval},
 		HandedOver: e.o.Detect.Always, ReturnText: set.ReturnText(), TraceParent: p.trace}
@@ -356,6 +362,20 @@ func (e *Engine) registryLoop(ctx context.Context) {
 	tick := time.NewTicker(e.o.Lease / 3)
 	defer tick.Stop()
 	for {
+		e.registryRound(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// registryRound renews this replica's lease and reaps the lapsed ones.
+func (e *Engine) registryRound(parent context.Context) {
+	ctx, cancel := context.WithTimeout(parent, e.o.Lease)
+	defer cancel()
+	{
 		_, lapsed, err := e.o.State.Renew(ctx, e.o.Replica, e.o.Lease)
 		if err != nil {
 			e.redisFailed(err)
@@ -388,11 +408,6 @@ func (e *Engine) registryLoop(ctx context.Context) {
 					zap.String("replica", r.ID), zap.Time("lapse", r.Lapse), zap.Int64("sessions", n))
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
 	}
 }
 
@@ -408,7 +423,18 @@ func (e *Engine) sweepLoop(ctx context.Context) {
 		if !e.healthy.Load() || time.Now().UnixNano() < e.sweepAfter.Load() {
 			continue
 		}
-		woke := false
+		if e.sweep(ctx) {
+			e.o.Wake()
+		}
+	}
+}
+
+// sweep decides every shard's due deadlines once; it reports whether a
+// notification was queued.
+func (e *Engine) sweep(parent context.Context) (woke bool) {
+	ctx, cancel := context.WithTimeout(parent, callTimeout)
+	defer cancel()
+	{
 		for n := range Shards {
 			ds, err := e.o.State.Fire(ctx, n, 500)
 			if err != nil {
@@ -425,10 +451,8 @@ func (e *Engine) sweepLoop(ctx context.Context) {
 					zap.Uint64("episode", d.Episode), zap.String("reason", d.Reason), zap.Bool("expire_queued", d.Queued))
 			}
 		}
-		if woke {
-			e.o.Wake()
-		}
 	}
+	return woke
 }
 
 // Stats are the engine's counters since start.

@@ -22,9 +22,7 @@ package cluster
 
 import (
 	"context"
-	"crypto/sha1"
 	"embed"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
@@ -93,14 +91,6 @@ func New(c rueidis.Client, o Options) *State {
 		o.Recent = 50
 	}
 	return &State{c: c, o: o}
-}
-
-// noteID is the webhook-id the scripts give a notification (note_id in
-// lua/prelude.lua): derived from session, episode and kind, so that any
-// duplicate after a failover carries the same id.
-func noteID(sid string, episode uint64, kind string) string {
-	sum := sha1.Sum([]byte(sid + "\n" + strconv.FormatUint(episode, 10) + "\n" + kind))
-	return "msg_" + hex.EncodeToString(sum[:])[:32]
 }
 
 // ShardOf is the shard of a session id.

@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"crypto/sha1"
+	"encoding/hex"
 	"sync"
 	"testing"
 	"time"
@@ -153,7 +155,7 @@ func TestOneDecisionAcrossReplicas(t *testing.T) {
 			t.Fatalf("decisions: %+v, want one for session both, episode 1, queued", all)
 		}
 		leases := claimAll(t, s, "d1", time.Minute)
-		if len(leases) != 1 || leases[0].Note.Kind != "client.offline" || leases[0].Note.ID != noteID("both", 1, "client.offline") {
+		if len(leases) != 1 || leases[0].Note.Kind != "client.offline" || len(leases[0].Note.ID) != len("msg_")+32 {
 			t.Fatalf("queued: %+v", leases)
 		}
 	})
@@ -285,17 +287,20 @@ func TestReplicaRegistry(t *testing.T) {
 	s := newState(t, []string{srv.Addr})
 	ctx := context.Background()
 	rc := replicaCounts{}
-	if _, lapsed, err := s.Renew(ctx, "A", 200*time.Millisecond); err != nil || !lapsed {
+	// A lease long enough that a loaded machine cannot outlive it between
+	// two calls by accident.
+	const ttl = 1500 * time.Millisecond
+	if _, lapsed, err := s.Renew(ctx, "A", ttl); err != nil || !lapsed {
 		t.Fatalf("first renew: lapsed=%v err=%v, want lapsed (nothing to keep)", lapsed, err)
 	}
-	if _, lapsed, _ := s.Renew(ctx, "A", 200*time.Millisecond); lapsed {
+	if _, lapsed, _ := s.Renew(ctx, "A", ttl); lapsed {
 		t.Fatal("a renew within the lease says lapsed")
 	}
 	rc.open(t, s, "x", "A", Event{Mode: connMode, HandedOver: true})
 	if l := must[[]LapsedReplica](t)(s.Lapsed(ctx)); len(l) != 0 {
 		t.Fatalf("lapsed too early: %+v", l)
 	}
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(ttl + 100*time.Millisecond)
 	l := must[[]LapsedReplica](t)(s.Lapsed(ctx))
 	if len(l) != 1 || l[0].ID != "A" {
 		t.Fatalf("lapsed: %+v", l)
@@ -353,5 +358,36 @@ func TestBotsAreShared(t *testing.T) {
 	got, err := b.Bots(context.Background())
 	if err != nil || len(got) != 1 || got["sales"].CheckInterval != "3m" || got["sales"].Enabled == nil || !*got["sales"].Enabled {
 		t.Fatalf("bots seen by another replica: %+v %v", got, err)
+	}
+}
+
+// webhook-ids are derived from session, creation, episode and kind: the
+// same decision made twice (a failover that lost the first) carries the
+// same id; a session forgotten and seen again later does not reuse one.
+func TestWebhookIDsAreDerived(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newState(t, []string{srv.Addr})
+	ctx := context.Background()
+	ev := Event{Mode: connMode, HandedOver: true}
+	s.Conns(ctx, "w", "A", 1, ev)
+	_, key := s.sessionKey("w")
+	inc, err := srv.Do("HGET", key, "inc")
+	if err != nil || inc == "" {
+		t.Fatalf("inc: %q %v", inc, err)
+	}
+	s.Conns(ctx, "w", "A", 0, ev)
+	settle(t, s)
+	l := claimAll(t, s, "d", time.Minute)
+	sum := sha1.Sum([]byte("w\n" + inc + "\n1\nclient.offline"))
+	if len(l) != 1 || l[0].Note.ID != "msg_"+hex.EncodeToString(sum[:])[:32] {
+		t.Fatalf("leases %+v, want the derived id", l)
+	}
+	if _, err := srv.Do("DEL", key); err != nil { // forgotten
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Millisecond)
+	s.Conns(ctx, "w", "A", 1, ev)
+	if inc2, _ := srv.Do("HGET", key, "inc"); inc2 == inc {
+		t.Fatalf("a session made again has the old creation time %s", inc)
 	}
 }

@@ -7,7 +7,7 @@ local p, sid, bot, mode, iv, forget = ARGV[1], ARGV[2], ARGV[3], ARGV[4], num(AR
 local h = KEYS[1]
 local now = now_ms()
 if redis.call('EXISTS', h) == 0 then
-  redis.call('HSET', h, 'st', 'p', 'ep', 0, 'ho', ARGV[6], 'xs', 0, 'seen', now, 'dl', 0, 'n', 0)
+  create(h, now, ARGV[6])
 end
 if bot ~= '' and (redis.call('HGET', h, 'bot') or '') == '' then
   redis.call('HSET', h, 'bot', bot)

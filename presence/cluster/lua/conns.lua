@@ -12,7 +12,7 @@ local h = KEYS[1]
 local now = now_ms()
 if redis.call('EXISTS', h) == 0 then
   if count == 0 then return {0, 0, 0, 0} end
-  redis.call('HSET', h, 'st', 'p', 'ep', 0, 'ho', ARGV[8], 'xs', 0, 'seen', now, 'dl', 0, 'n', 0)
+  create(h, now, ARGV[8])
 end
 if bot ~= '' and (redis.call('HGET', h, 'bot') or '') == '' then
   redis.call('HSET', h, 'bot', bot)

@@ -12,7 +12,7 @@ local out = {}
 for i = 1, #due, 2 do
   local sid, at = due[i], num(due[i + 1])
   local h = p .. 's:' .. sid
-  local st = redis.call('HMGET', h, 'st', 'dl', 'ep', 'ho', 'n', 'mode', 'seen', 'bot', 'tp')
+  local st = redis.call('HMGET', h, 'st', 'dl', 'ep', 'ho', 'n', 'mode', 'seen', 'bot', 'tp', 'inc')
   redis.call('ZREM', KEYS[1], sid)
   if st[1] == 'p' and num(st[2]) == at then
     local ep = num(st[3]) + 1
@@ -22,7 +22,7 @@ for i = 1, #due, 2 do
     redis.call('HSET', h, 'st', 'a', 'ep', ep, 'ab', now, 'dl', 0, 'rs', reason, 'xs', handed and 1 or 0)
     local queued = 0
     if handed then
-      queue(p, sid, {id = note_id(sid, ep, 'client.offline'), kind = 'client.offline', sid = sid,
+      queue(p, sid, {id = note_id(sid, st[10] or '', ep, 'client.offline'), kind = 'client.offline', sid = sid,
         bot = st[8] or '', ep = ep, reason = reason, seen = num(st[7]), at = now, tp = st[9] or ''})
       queued = 1
     end

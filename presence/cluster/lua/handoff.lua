@@ -7,7 +7,7 @@ local h = KEYS[1]
 if redis.call('EXISTS', h) == 0 then
   if on ~= '1' then return 0 end
   local now = now_ms()
-  redis.call('HSET', h, 'st', 'p', 'ep', 0, 'ho', 0, 'xs', 0, 'seen', now, 'dl', 0, 'n', 0)
+  create(h, now, 0)
   redis.call('PEXPIRE', h, forget)
 end
 if bot ~= '' and (redis.call('HGET', h, 'bot') or '') == '' then

@@ -14,9 +14,16 @@ local function num(v)
 end
 
 -- webhook-id: derived from session, episode and kind, so that a duplicate
--- after a failover carries the same id (docs/ARCHITECTURE.md, "Delivery").
-local function note_id(sid, ep, kind)
-  return 'msg_' .. string.sub(redis.sha1hex(sid .. '\n' .. ep .. '\n' .. kind), 1, 32)
+-- after a failover carries the same id (docs/ARCHITECTURE.md, "Cluster
+-- mode"). inc, the session's creation time, keeps a session that was
+-- forgotten and came back later from reusing an old episode's id.
+local function note_id(sid, inc, ep, kind)
+  return 'msg_' .. string.sub(redis.sha1hex(sid .. '\n' .. inc .. '\n' .. ep .. '\n' .. kind), 1, 32)
+end
+
+-- create makes session h, present, at now.
+local function create(h, now, handed)
+  redis.call('HSET', h, 'st', 'p', 'ep', 0, 'ho', handed, 'xs', 0, 'seen', now, 'dl', 0, 'n', 0, 'inc', now)
 end
 
 -- queue appends a notification to the session's outbox queue and makes the
@@ -32,7 +39,7 @@ end
 -- deadline in connection mode while it has connections (close re-arms it).
 -- Returns {returned, episode, queued}.
 local function back(p, h, sid, now, text)
-  local st = redis.call('HMGET', h, 'st', 'ep', 'ho', 'xs', 'ab', 'bot', 'tp', 'n', 'mode')
+  local st = redis.call('HMGET', h, 'st', 'ep', 'ho', 'xs', 'ab', 'bot', 'tp', 'n', 'mode', 'inc')
   local ep = num(st[2])
   if st[1] ~= 'a' then
     if st[9] == 'connection' and num(st[8]) > 0 then
@@ -44,7 +51,7 @@ local function back(p, h, sid, now, text)
   redis.call('HSET', h, 'st', 'p', 'xs', 0, 'rs', '', 'dl', 0)
   redis.call('ZREM', p .. 'due', sid)
   if st[3] == '1' and st[4] == '1' then
-    queue(p, sid, {id = note_id(sid, ep, 'client.online'), kind = 'client.online', sid = sid,
+    queue(p, sid, {id = note_id(sid, st[10] or '', ep, 'client.online'), kind = 'client.online', sid = sid,
       bot = st[6] or '', ep = ep, text = text, since = num(st[5]), at = now, tp = st[7] or ''})
     return {1, ep, 1}
   end
