@@ -5,10 +5,11 @@
 // resumes where the old one stopped (docs/ARCHITECTURE.md, "Delivery").
 //
 // The files follow the jobs: deliverer.go builds a Deliverer and is its
-// public face; schedule.go is Run, which decides what to send when;
-// attempt.go is one attempt and what it records; http.go is the HTTP side
-// (client, URLs, the request, error texts); dead_episodes.go remembers the
-// episodes whose /expire was dead-lettered.
+// public face; schedule.go is Run, which decides what to send when; view.go
+// is Run's view of the outbox, per session, so that a delivery costs the same
+// however deep the outbox is; attempt.go is one attempt and what it records;
+// http.go is the HTTP side (client, URLs, the request, error texts);
+// dead_episodes.go remembers the episodes whose /expire was dead-lettered.
 package handoff
 
 import (

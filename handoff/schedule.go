@@ -3,7 +3,6 @@ package handoff
 import (
 	"context"
 	"errors"
-	"slices"
 	"sync"
 	"time"
 
@@ -13,18 +12,22 @@ import (
 )
 
 const (
-	// pollInterval re-reads the outbox even without a Wake: a safety net for
-	// notes committed by someone who did not wake us (another replica, a bug).
+	// pollInterval bounds the time between reads of the whole outbox: a
+	// safety net for notes committed by someone who did not wake us (another
+	// replica, a bug) and for any drift between Run's view and the store.
 	pollInterval = 30 * time.Second
 	// timerSlack treats heads due this soon as due now, so that retries
 	// scheduled a few milliseconds apart share one timer firing.
 	timerSlack = 5 * time.Millisecond
 	// Between reads Run works from its own view of the outbox, which it keeps
-	// up to date with the reports of its own attempts; reading the whole
-	// outbox is what costs (a file or Redis), so reads are spaced: after a
-	// Wake at least wakeReadGap after the previous read, on a timer at least
-	// timerReadGap. A burst of commits or a dead platform thus costs at most
-	// ~10 reads/s.
+	// up to date with the reports of its own attempts. Reads are spaced:
+	// after a Wake at least wakeReadGap after the previous read, on a timer
+	// at least timerReadGap, so a burst of commits or a dead platform costs
+	// at most ~10 reads/s. And a read is incremental (Store.PendingAfter the
+	// highest Seq seen: only what was committed or replayed since), so it
+	// costs what it returns, not the depth of the outbox; the whole outbox
+	// is read only at start, after a failed store write and every
+	// pollInterval (docs/ARCHITECTURE.md, "Delivery").
 	wakeReadGap  = 100 * time.Millisecond
 	timerReadGap = time.Second
 )
@@ -55,11 +58,16 @@ func (d *Deliverer) Run(ctx context.Context) error {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
+		if time.Since(s.lastFull) >= pollInterval {
+			s.reload, s.full = true, true
+		}
 		next := s.read()
 		if ctx.Err() == nil {
 			next = earliest(next, s.dispatch())
 		}
-		next = earliest(next, d.now().Add(pollInterval))
+		if !s.reload { // else read has said when to look again
+			next = earliest(next, d.now().Add(pollInterval-time.Since(s.lastFull)))
+		}
 		timer.Reset(max(0, next.Sub(d.now())))
 
 		select {
@@ -69,7 +77,7 @@ func (d *Deliverer) Run(ctx context.Context) error {
 		case r := <-s.reports:
 			s.apply(r)
 			// Take every report already waiting, so a burst of ended attempts
-			// costs one pass over the outbox, not one each.
+			// costs one dispatch, not one each.
 			for drained := false; !drained; {
 				select {
 				case r := <-s.reports:
@@ -78,11 +86,12 @@ func (d *Deliverer) Run(ctx context.Context) error {
 					drained = true
 				}
 			}
-			d.depth.Store(int64(len(s.view)))
+			d.depth.Store(int64(s.view.count))
 		case <-d.wake:
 			s.reload = true
 		case <-timer.C:
-			// Due retries are in the view; re-read too unless we just did.
+			// Due retries are in the view; read what is new too unless we
+			// just did (the poll is checked at the top of the loop).
 			if time.Since(s.lastRead) >= timerReadGap {
 				s.reload = true
 			}
@@ -105,12 +114,13 @@ type scheduler struct {
 	d        *Deliverer
 	reports  chan attemptReport   // never blocks: at most Concurrency attempts run
 	attempts sync.WaitGroup       // the attempts started and not yet reported
-	view     []store.Notification // the outbox as last read, kept up to date with the reports
+	view     outboxView           // the outbox as read, kept up to date with the reports
 	inflight map[string]struct{}  // session ids with an attempt running
 	hold     map[string]time.Time // notification id -> not before (after a failed store write)
-	seen     map[string]struct{}  // scratch for dispatch: sessions whose head was looked at
-	reload   bool                 // the store must be read again (start, Wake, timer, failed write)
+	reload   bool                 // the store must be read again (start, Wake, timer, failed write, poll)
+	full     bool                 // that read must be of the whole outbox (start, failed write, poll)
 	lastRead time.Time            // when the last read completed (monotonic)
+	lastFull time.Time            // when the last read of the whole outbox completed (monotonic)
 	readBO   time.Duration        // backoff between failing outbox reads
 }
 
@@ -118,17 +128,20 @@ func newScheduler(d *Deliverer) *scheduler {
 	return &scheduler{
 		d:        d,
 		reports:  make(chan attemptReport, d.o.Concurrency),
+		view:     newOutboxView(),
 		inflight: map[string]struct{}{},
 		hold:     map[string]time.Time{},
-		seen:     map[string]struct{}{},
 		reload:   true,
+		full:     true,
+		lastFull: time.Now(), // the first read is full anyway; the poll counts from here
 	}
 }
 
 // read reads the outbox into the view when a reload is wanted and the
-// wakeReadGap since the last read has passed. It returns when to look again
-// for the read's sake (zero: no need): when the gap will have passed, or when
-// a failed read is retried.
+// wakeReadGap since the last read has passed: the whole outbox when full is
+// set, else only what follows the highest Seq seen. It returns when to look
+// again for the read's sake (zero: no need): when the gap will have passed, or
+// when a failed read is retried.
 func (s *scheduler) read() time.Time {
 	d := s.d
 	if !s.reload {
@@ -143,7 +156,15 @@ func (s *scheduler) read() time.Time {
 	case <-d.wake:
 	default:
 	}
-	p, err := d.o.Store.Pending()
+	var p []store.Notification
+	var err error
+	if s.full {
+		p, err = d.o.Store.Pending()
+	} else {
+		// Seqs become visible in order (store.Store.PendingAfter), so this
+		// misses nothing committed or replayed since the last read.
+		p, err = d.o.Store.PendingAfter(s.view.lastSeq)
+	}
 	s.lastRead = time.Now()
 	if err != nil {
 		s.readBO = min(max(2*s.readBO, d.o.FirstRetry), min(d.o.RetryMaxDelay, 30*time.Second))
@@ -151,19 +172,26 @@ func (s *scheduler) read() time.Time {
 		d.log.Error("handoff: reading the outbox failed", zap.Error(err), zap.Duration("retry_in", s.readBO))
 		return next
 	}
-	s.view, s.reload, s.readBO = p, false, 0
-	d.depth.Store(int64(len(s.view)))
-	s.pruneHold(d.now())
+	if s.full {
+		s.pruneHold(p, d.now())
+		s.view.reset(p, s.inflight, s.hold, d.now().Add(timerSlack))
+		s.full, s.lastFull = false, s.lastRead
+	} else {
+		s.view.add(p, s.inflight, s.hold)
+	}
+	s.reload, s.readBO = false, 0
+	d.depth.Store(int64(s.view.count))
 	return time.Time{}
 }
 
-// pruneHold drops holds that have passed or whose notification left the outbox.
-func (s *scheduler) pruneHold(now time.Time) {
+// pruneHold drops holds that have passed or whose notification is not in p,
+// a read of the whole outbox.
+func (s *scheduler) pruneHold(p []store.Notification, now time.Time) {
 	if len(s.hold) == 0 {
 		return
 	}
 	live := make(map[string]struct{}, len(s.hold))
-	for _, n := range s.view {
+	for _, n := range p {
 		if _, ok := s.hold[n.ID]; ok {
 			live[n.ID] = struct{}{}
 		}
@@ -175,23 +203,21 @@ func (s *scheduler) pruneHold(now time.Time) {
 	}
 }
 
-// apply folds one attempt's report into the view of the outbox.
+// apply folds one attempt's report into the view of the outbox and
+// reschedules the session's head.
 func (s *scheduler) apply(r attemptReport) {
 	delete(s.inflight, r.n.SessionID)
+	q := s.view.sessions[r.n.SessionID]
 	if r.storeFailed {
+		// The view keeps n as it was; the hold keeps it from being resent
+		// at once, and a whole read sets the view straight.
 		s.hold[r.n.ID] = r.holdUntil
-		s.reload = true
-		return
+		s.reload, s.full = true, true
+	} else if q != nil && !s.view.record(q, r.n, r.removed) {
+		return // the session has nothing left
 	}
-	for i := range s.view {
-		if s.view[i].ID == r.n.ID {
-			if r.removed {
-				s.view = append(s.view[:i], s.view[i+1:]...)
-			} else {
-				s.view[i] = r.n
-			}
-			return
-		}
+	if q != nil {
+		s.view.place(q, s.hold)
 	}
 }
 
@@ -200,42 +226,20 @@ func (s *scheduler) apply(r attemptReport) {
 // not yet due will be (zero: none). Later notes of a session wait for its head.
 // When more heads are due than slots are free, those waiting longest go
 // first, so that notes retrying early in the outbox cannot starve later ones.
+// Its cost grows with the attempts it starts, not with the outbox.
 func (s *scheduler) dispatch() time.Time {
 	d := s.d
-	clear(s.seen)
-	now := d.now()
-	free := d.o.Concurrency - len(s.inflight)
-	var next time.Time
-	var ready []store.Notification
-	for _, n := range s.view {
-		if _, ok := s.seen[n.SessionID]; ok {
-			continue
+	s.view.promote(d.now().Add(timerSlack))
+	for free := d.o.Concurrency - len(s.inflight); free > 0; free-- {
+		q := s.view.popDue()
+		if q == nil {
+			break
 		}
-		s.seen[n.SessionID] = struct{}{}
-		if _, busy := s.inflight[n.SessionID]; busy {
-			continue
-		}
-		due := n.NextAttemptAt
-		if h, ok := s.hold[n.ID]; ok && h.After(due) {
-			due = h
-		}
-		if due.After(now.Add(timerSlack)) {
-			next = earliest(next, due)
-			continue
-		}
-		if free > 0 { // else an attempt's report wakes Run, which looks again then
-			ready = append(ready, n)
-		}
-	}
-	if len(ready) > free {
-		slices.SortStableFunc(ready, func(a, b store.Notification) int { return waitingSince(a).Compare(waitingSince(b)) })
-		ready = ready[:free]
-	}
-	for _, n := range ready {
-		s.inflight[n.SessionID] = struct{}{}
+		n := q.notes[0]
+		s.inflight[q.id] = struct{}{}
 		s.attempts.Go(func() { s.reports <- d.attempt(n) })
 	}
-	return next
+	return s.view.nextDue()
 }
 
 // waitingSince is when n became due: its retry time, or its creation.

@@ -120,7 +120,7 @@ func TestRestartDeliversPending(t *testing.T) {
 	}
 }
 
-// gatedStore counts outbox reads and can hold them.
+// gatedStore counts outbox reads (whole or incremental) and can hold them.
 type gatedStore struct {
 	store.Store
 	reads atomic.Int32
@@ -133,6 +133,14 @@ func (g *gatedStore) Pending() ([]store.Notification, error) {
 		<-g.gate
 	}
 	return g.Store.Pending()
+}
+
+func (g *gatedStore) PendingAfter(seq uint64) ([]store.Notification, error) {
+	g.reads.Add(1)
+	if g.gate != nil {
+		<-g.gate
+	}
+	return g.Store.PendingAfter(seq)
 }
 
 func TestWakeCoalesces(t *testing.T) {

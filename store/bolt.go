@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"runtime"
 	"sync"
@@ -65,6 +66,8 @@ type Bolt struct {
 	closeErr   error
 
 	groups, grouped atomic.Int64 // transactions run by the writer, and the writes in them
+
+	writeErr atomic.Pointer[error] // the last write transaction's own failure (disk full, read-only, I/O); nil once one succeeds; for Check
 }
 
 type writeOp struct {
@@ -152,6 +155,9 @@ func (b *Bolt) Check() error {
 	}
 	if !os.SameFile(onDisk, b.opened) {
 		return fmt.Errorf("store %s was replaced while the sidecar runs; its writes go to the old file and will not survive a restart", b.path)
+	}
+	if werr := b.writeErr.Load(); werr != nil {
+		return fmt.Errorf("store %s: writes fail (decisions are kept in memory and retried): %w", b.path, *werr)
 	}
 	return nil
 }
@@ -339,6 +345,28 @@ func (b *Bolt) Pending() ([]Notification, error) {
 	return b.list(bucketOutbox)
 }
 
+// PendingAfter seeks to seq+1 in the outbox bucket (keyed by Seq) and decodes
+// only what follows. Seqs are visible in order: they are assigned inside the
+// single writer's transactions (NextSequence), which readers see whole.
+func (b *Bolt) PendingAfter(seq uint64) ([]Notification, error) {
+	var out []Notification
+	if seq == math.MaxUint64 {
+		return out, nil
+	}
+	err := b.db.View(func(tx *bbolt.Tx) error {
+		c := tx.Bucket(bucketOutbox).Cursor()
+		for k, v := c.Seek(u64(seq + 1)); k != nil; k, v = c.Next() {
+			var n Notification
+			if err := decode(v, &n, string(bucketOutbox), k); err != nil {
+				return err
+			}
+			out = append(out, n)
+		}
+		return nil
+	})
+	return out, b.wrapRead(err)
+}
+
 func (b *Bolt) DeadLetters() ([]Notification, error) {
 	return b.list(bucketDead)
 }
@@ -475,14 +503,24 @@ func (b *Bolt) run(group []writeOp) {
 // tx runs one durable write transaction. A panic inside bbolt (a corrupt
 // page found at run time) fails the write instead of killing the proxy;
 // bbolt rolls the transaction back before the panic reaches us.
+//
+// A failure of the transaction itself, not an error fn returned (such as
+// ErrNotFound), is the file failing: Check reports it until a write succeeds.
 func (b *Bolt) tx(fn func(*bbolt.Tx) error) (err error) {
+	var fnErr error
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("store %s: write panicked (is the file corrupt?): %v", b.path, r)
 			b.log.Error("store: write panicked", zap.String("path", b.path), zap.Any("panic", r))
 		}
+		switch {
+		case err == nil:
+			b.writeErr.Store(nil)
+		case fnErr == nil: // bbolt returns fn's error as it is, so this one is its own
+			b.writeErr.Store(&err)
+		}
 	}()
-	return b.db.Update(fn)
+	return b.db.Update(func(tx *bbolt.Tx) error { fnErr = fn(tx); return fnErr })
 }
 
 // ---- helpers inside transactions ----

@@ -61,6 +61,13 @@ func (m *Memory) Pending() ([]Notification, error) {
 	return slices.Clone(m.outbox), nil
 }
 
+func (m *Memory) PendingAfter(seq uint64) ([]Notification, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	i := sort.Search(len(m.outbox), func(i int) bool { return m.outbox[i].Seq > seq })
+	return slices.Clone(m.outbox[i:]), nil
+}
+
 // indexOf finds n in the outbox by its Seq (callers pass it; the outbox is in
 // Seq order), falling back to its id when the Seq does not match.
 func (m *Memory) indexOf(n Notification) int {

@@ -115,6 +115,14 @@ type Store interface {
 
 	// Pending returns undelivered, not dead-lettered notifications in Seq order.
 	Pending() ([]Notification, error)
+	// PendingAfter is Pending restricted to the notifications whose Seq is
+	// above seq: what was committed or replayed since a read that saw seq, at
+	// a cost that depends on what it returns, not on what waits before it.
+	// The deliverer relies on it to follow the outbox without reading it
+	// whole (docs/ARCHITECTURE.md, "Delivery"), so a store must make Seqs
+	// visible in order: once a read has seen Seq s, no note with a Seq at
+	// or below s may appear later.
+	PendingAfter(seq uint64) ([]Notification, error)
 	// Attempted records a failed attempt (Attempts, NextAttemptAt, LastError, LastStatus).
 	Attempted(n Notification) error
 	// Delivered removes n from the outbox and keeps it in the bounded recent list.

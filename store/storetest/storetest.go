@@ -7,6 +7,7 @@ package storetest
 import (
 	"errors"
 	"fmt"
+	"math"
 	"reflect"
 	"slices"
 	"strings"
@@ -49,6 +50,8 @@ var Cases = []Case{
 	{"CommitRefusesOverlongIDsNamingThem", testOverlongIDs},
 	{"CommitRoundTripsEveryField", testRoundTrip},
 	{"PendingOrderAcrossCommits", testPendingOrder},
+	{"PendingAfterReturnsWhatFollowsASeq", testPendingAfter},
+	{"PendingAfterMissesNoConcurrentCommit", testPendingAfterConcurrent},
 	{"AttemptedPersistsFields", testAttempted},
 	{"DeliveredMovesToRecent", testDelivered},
 	{"DeadLetter", testDeadLetter},
@@ -331,6 +334,116 @@ func testPendingOrder(t *testing.T, s store.Store) {
 	p = pending(t, s)
 	if !slices.Equal(ids(p), want) || !slices.IsSorted(seqs(p)) {
 		t.Fatalf("Pending = %v %v, want %v in Seq order", ids(p), seqs(p), want)
+	}
+}
+
+func pendingAfter(t *testing.T, s store.Store, seq uint64) []store.Notification {
+	t.Helper()
+	p, err := s.PendingAfter(seq)
+	must(t, err)
+	return p
+}
+
+func testPendingAfter(t *testing.T, s store.Store) {
+	if p := pendingAfter(t, s, 0); len(p) != 0 {
+		t.Fatalf("PendingAfter(0) of an empty outbox = %v", ids(p))
+	}
+	notes := commit(t, s, Note("a", "s"), Note("b", "t"), Note("c", "s"), Note("d", "u"))
+	a, b, c, d := notes[0], notes[1], notes[2], notes[3]
+	for _, tc := range []struct {
+		after uint64
+		want  []string
+	}{
+		{0, []string{"a", "b", "c", "d"}},
+		{a.Seq, []string{"b", "c", "d"}},
+		{c.Seq, []string{"d"}},
+		{d.Seq, nil},
+		{d.Seq + 1000, nil},
+		{math.MaxUint64, nil},
+	} {
+		if p := pendingAfter(t, s, tc.after); !slices.Equal(ids(p), tc.want) {
+			t.Fatalf("PendingAfter(%d) = %v, want %v", tc.after, ids(p), tc.want)
+		}
+	}
+	// It returns what Pending returns for the same entries, as they are now.
+	eqN(t, "PendingAfter(0)[0]", pendingAfter(t, s, 0)[0], pending(t, s)[0])
+	c.Attempts, c.NextAttemptAt, c.LastError, c.LastStatus = 2, t0.Add(3*time.Second), "503 Service Unavailable", 503
+	must(t, s.Attempted(c))
+	must(t, s.Delivered(b))
+	must(t, s.DeadLetter(d))
+	p := pendingAfter(t, s, a.Seq)
+	if !slices.Equal(ids(p), []string{"c"}) {
+		t.Fatalf("PendingAfter(%d) after Delivered(b), DeadLetter(d) = %v, want [c]", a.Seq, ids(p))
+	}
+	eqN(t, "attempted entry", p[0], c)
+	// A seq that is no longer in the outbox still marks the place.
+	if p := pendingAfter(t, s, b.Seq); !slices.Equal(ids(p), []string{"c"}) {
+		t.Fatalf("PendingAfter(%d) of a delivered Seq = %v, want [c]", b.Seq, ids(p))
+	}
+	// A replay and a later commit follow every Seq handed out before.
+	r, err := s.Replay("d")
+	must(t, err)
+	e := commit(t, s, Note("e", "v"))[0]
+	p = pendingAfter(t, s, d.Seq)
+	if !slices.Equal(ids(p), []string{"d", "e"}) || !slices.Equal(seqs(p), []uint64{r.Seq, e.Seq}) {
+		t.Fatalf("PendingAfter(%d) after Replay(d) and a commit = %v %v, want [d e] [%d %d]", d.Seq, ids(p), seqs(p), r.Seq, e.Seq)
+	}
+	// The result is a copy.
+	p[0].ID, p[0].Attempts = "changed", 99
+	if q := pendingAfter(t, s, d.Seq); q[0].ID != "d" || q[0].Attempts != 0 {
+		t.Fatalf("changing PendingAfter's result changed the store: %+v", q[0])
+	}
+}
+
+// A reader that follows the outbox with PendingAfter from the highest Seq
+// it has seen misses nothing that concurrent writers commit: Seqs become
+// visible in order, which is what lets the deliverer skip reading the whole
+// outbox after each Wake.
+func testPendingAfterConcurrent(t *testing.T, s store.Store) {
+	const writers, each = 4, 40
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				batch := []store.Notification{Note(fmt.Sprintf("w%d-%d-a", w, i), "s"), Note(fmt.Sprintf("w%d-%d-b", w, i), "s")}
+				if err := s.Commit(nil, nil, batch); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	go func() { wg.Wait(); close(done) }()
+	seen := map[string]bool{}
+	var last uint64
+	follow := func() {
+		p, err := s.PendingAfter(last)
+		must(t, err)
+		for _, n := range p {
+			if n.Seq <= last {
+				t.Fatalf("PendingAfter(%d) returned Seq %d", last, n.Seq)
+			}
+			last, seen[n.ID] = n.Seq, true
+		}
+	}
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		follow()
+	}
+	follow()
+	all := pending(t, s)
+	if len(all) != 2*writers*each {
+		t.Fatalf("Pending has %d entries, want %d", len(all), 2*writers*each)
+	}
+	for _, n := range all {
+		if !seen[n.ID] {
+			t.Fatalf("%s (Seq %d) was never returned by PendingAfter while following the outbox", n.ID, n.Seq)
+		}
 	}
 }
 
