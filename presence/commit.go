@@ -281,6 +281,7 @@ func (e *Engine) recoverSessions() error {
 		}
 		sh := &e.shards[s.shard]
 		sh.sessions[s.id] = s
+		e.cap.tracked.Add(1) // all are kept, over the cap too: new sessions make room (cap.go)
 		e.rearm(sh, s)
 		if changed {
 			put = append(put, e.snapshot(s, now))
@@ -292,5 +293,9 @@ func (e *Engine) recoverSessions() error {
 		}
 	}
 	e.log.Info("presence: sessions recovered", zap.Int("sessions", len(list)), zap.Int("reset", len(put)))
+	if n := e.cap.tracked.Load(); e.cap.max > 0 && n > e.cap.max {
+		e.log.Warn("presence: more sessions stored than the session cap; new sessions shed the oldest idle ones",
+			zap.Int64("sessions", n), zap.Int64("cap", e.cap.max))
+	}
 	return nil
 }

@@ -134,8 +134,6 @@ func (e *Engine) fire(sh *shard, s *sess, now int64, chs *[]change) int64 {
 	if _, busy := sh.unsent[s]; busy {
 		return now + int64(retryDelay) // forgetting it would lose its notifications
 	}
-	s.forgotten = true
-	delete(sh.sessions, s.id)
-	sh.toForget = append(sh.toForget, s.id)
+	e.forgetLocked(sh, s)
 	return 0
 }

@@ -9,6 +9,7 @@
 //
 //	engine.go       Options, Engine, New, Run
 //	session.go      a session's state in memory, the shards that own it
+//	cap.go          the bound on the session table: shedding, refusing
 //	observer.go     the event.Observer methods (the proxy's data path)
 //	transitions.go  the state changes: absent, seen, returned, hand-over on/off
 //	deadlines.go    when transitions fire: the per-shard heaps, Tick
@@ -74,6 +75,10 @@ type Options struct {
 	// carries that span's context (Notification.TraceParent). nil: no spans,
 	// the notification carries the session's trace context as it came.
 	Tracer trace.TracerProvider
+	// MaxSessions bounds the tracked sessions (0: no bound). A new session
+	// beyond it sheds the oldest sessions that are not handed over and have
+	// no connection; when none can be, it is not tracked (cap.go).
+	MaxSessions int
 }
 
 const (
@@ -101,6 +106,8 @@ const DefaultForgetAfter = 24 * time.Hour
 //     bots.byID without a lock (the map is replaced, never changed).
 //   - loop.flushMu makes Flush one at a time; it is never taken under a
 //     shard lock.
+//   - cap.shedMu makes shedding one at a time; it is taken before any
+//     shard lock (a connection shard's may be held), never under one.
 //   - Everything else is set by New and only read afterwards, or atomic.
 type Engine struct {
 	store              store.Store
@@ -116,6 +123,7 @@ type Engine struct {
 	conns              [numShards]connShard // connection id → session
 	loop               runLoop
 	counts             counters
+	cap                sessionCap
 	storeErrorLoggedAt atomic.Int64 // Unix nanoseconds; see logStoreError
 	idRefusedLoggedAt  atomic.Int64 // Unix nanoseconds; see boundIDs
 }
@@ -153,6 +161,8 @@ type counters struct {
 	onlineCommitted  atomic.Uint64 // client.online notifications written
 	commitErrors     atomic.Uint64
 	idsRefused       atomic.Uint64 // ids longer than store.MaxIDBytes, not tracked
+	sessionsShed     atomic.Uint64 // sessions dropped to make room under MaxSessions
+	sessionsRefused  atomic.Uint64 // new sessions not tracked: MaxSessions reached, nothing to shed
 }
 
 var _ event.Observer = (*Engine)(nil)
@@ -179,6 +189,7 @@ func New(o Options) (*Engine, error) {
 		bots:   botTable{defaults: defaults, allowAnyInterval: o.AllowAnyInterval},
 		loop:   runLoop{kick: make(chan struct{}, 1)},
 	}
+	e.cap.max = int64(max(o.MaxSessions, 0))
 	if e.clock == nil {
 		e.clock = realClock{}
 	}

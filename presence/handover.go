@@ -69,14 +69,21 @@ func (e *Engine) SetHandoff(sessionID, botID string, on bool) error {
 	}
 	now := e.now()
 	sh := &e.shards[shardOf(sessionID)]
-	sh.mu.Lock()
+	if on {
+		e.lockForNew(sh, sessionID, now)
+	} else {
+		sh.mu.Lock()
+	}
 	s := sh.sessions[sessionID]
 	if s == nil && !on {
 		sh.mu.Unlock()
 		return nil
 	}
 	if s == nil {
-		s = e.getOrCreateLocked(sh, sessionID, botID, now)
+		if s = e.getOrCreateLocked(sh, sessionID, botID, now); s == nil {
+			sh.mu.Unlock()
+			return ErrSessionCap
+		}
 		e.rearm(sh, s)
 	} else if s.bot == "" && botID != "" {
 		s.bot = e.bots.intern(botID)

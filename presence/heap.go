@@ -33,7 +33,18 @@ func (h *dueHeap) pop() due {
 	a[0] = a[n]
 	a[n] = due{} // drop the pointer so a forgotten session can be collected
 	a = a[:n]
-	i := 0
+	a.down(0)
+	*h = a
+	// Give memory back after a burst (e.g. many sessions forgotten at once).
+	if c := cap(a); c > 1024 && len(a) < c/4 {
+		*h = append(dueHeap(nil), a...)
+	}
+	return top
+}
+
+// down moves a[i] down to its place.
+func (a dueHeap) down(i int) {
+	n := len(a)
 	for {
 		l := 2*i + 1
 		if l >= n {
@@ -49,10 +60,26 @@ func (h *dueHeap) pop() due {
 		a[i], a[m] = a[m], a[i]
 		i = m
 	}
-	*h = a
-	// Give memory back after a burst (e.g. many sessions forgotten at once).
-	if c := cap(a); c > 1024 && len(a) < c/4 {
-		*h = append(dueHeap(nil), a...)
+}
+
+// dropStale removes the entries that can no longer fire (their session was
+// forgotten, or an earlier entry superseded them) and restores the heap
+// order, in O(len). Shedding calls it: a shed session's entry could
+// otherwise keep its memory until ForgetAfter.
+func (h *dueHeap) dropStale() {
+	a := *h
+	keep := a[:0]
+	for _, d := range a {
+		if !d.s.forgotten && d.at == d.s.armedAt {
+			keep = append(keep, d)
+		}
 	}
-	return top
+	clear(a[len(keep):])
+	for i := len(keep)/2 - 1; i >= 0; i-- {
+		keep.down(i)
+	}
+	if c := cap(keep); c > 1024 && len(keep) < c/4 {
+		keep = append(dueHeap(nil), keep...)
+	}
+	*h = keep
 }

@@ -477,3 +477,42 @@ func TestInvariant6RestartLosesNoDecisionOrNotification(t *testing.T) {
 		checkOutbox(t, p)
 	})
 }
+
+// TestInvariant7ClientRetryingThroughOutageIsPresent pins invariant 7
+// (docs/ARCHITECTURE.md, "Presence invariants"): the upstream goes away and
+// closes the client's socket; the client retries its handshake every second,
+// each attempt failing (UpgradeFailed: a 502, or the upstream's refusal),
+// for five intervals: no notification. It stops retrying: absent one
+// interval after its last attempt, one /expire. A failed attempt of an
+// absent session is its return. Both modes alike: during an outage the
+// client cannot show activity either.
+func TestInvariant7ClientRetryingThroughOutageIsPresent(t *testing.T) {
+	for _, mode := range []Mode{ModeConnection, ModeActivity} {
+		t.Run(string(mode), func(t *testing.T) {
+			r := newRig(t, nil, nil, func(o *Options) { o.Defaults.Mode = mode })
+			r.handover(1, "s1", "bot")
+			r.e.ConnClosed(1, event.CloseUpstreamGone)
+			attempt := event.Request{Who: event.Identity{SessionID: "s1", BotID: "bot"}}
+			for range int(5 * interval / time.Second) {
+				r.advance(time.Second)
+				r.e.UpgradeFailed(attempt)
+			}
+			r.wantNotes()
+			if v := r.view("s1"); v.State != store.Present {
+				t.Fatalf("state %v while retrying, want present", v.State)
+			}
+			last := r.clk.Now()
+			r.advance(interval - time.Second)
+			r.wantNotes()
+			r.advance(time.Second)
+			p := r.wantNotes(store.KindOffline)
+			if !p[0].LastSeenAt.Equal(last) {
+				t.Fatalf("lastSeenAt %v, want the last attempt %v", p[0].LastSeenAt, last)
+			}
+			r.advance(10 * interval)
+			r.wantNotes(store.KindOffline)
+			r.e.UpgradeFailed(attempt)
+			checkOutbox(t, r.wantNotes(store.KindOffline, store.KindOnline))
+		})
+	}
+}

@@ -10,11 +10,17 @@ import (
 // not be lost (a notification or a hand-over change).
 
 // attach adds one live connection to session id; tr is its upgrade's trace.
+// It returns nil when the session cap refuses a new session: the connection
+// is then an untracked one for its life.
 func (e *Engine) attach(id, bot string, tr *traceRef) (*sess, bool) {
 	now := e.now()
 	sh := &e.shards[shardOf(id)]
-	sh.mu.Lock()
+	e.lockForNew(sh, id, now)
 	s := e.getOrCreateLocked(sh, id, bot, now)
+	if s == nil {
+		sh.mu.Unlock()
+		return nil, false
+	}
 	s.conns++
 	if tr != nil {
 		s.trace = *tr
@@ -48,7 +54,8 @@ func (e *Engine) ConnOpened(id event.ConnID, o event.Open) {
 	}
 	if who.SessionID != "" {
 		c.s, woke = e.attach(who.SessionID, who.BotID, tr)
-	} else {
+	}
+	if c.s == nil {
 		e.counts.untrackedConns.Add(1)
 		c.bot = e.bots.intern(who.BotID)
 		c.trace = tr // for the session the frames will name
@@ -81,10 +88,11 @@ func (e *Engine) ConnIdentified(id event.ConnID, who event.Identity) {
 		if bot == "" {
 			bot = c.bot
 		}
-		c.s, woke = e.attach(who.SessionID, bot, c.trace)
-		c.bot, c.trace = "", nil
-		cs.byConn[id] = c
-		e.counts.untrackedConns.Add(-1)
+		if c.s, woke = e.attach(who.SessionID, bot, c.trace); c.s != nil {
+			c.bot, c.trace = "", nil
+			cs.byConn[id] = c
+			e.counts.untrackedConns.Add(-1)
+		}
 	case c.s == nil:
 		c.bot = e.bots.intern(who.BotID)
 		cs.byConn[id] = c
@@ -181,6 +189,19 @@ func (e *Engine) ConnClosed(id event.ConnID, reason event.CloseReason) {
 	sh.mu.Unlock()
 }
 
+// UpgradeFailed implements event.Observer. Invariant 7 (docs/ARCHITECTURE.md,
+// "Presence invariants"): a client whose handshake failed (the upstream
+// unreachable or refusing) is trying to reach the service, so it is present
+// at that moment, as with an HTTP request of the session: while it keeps
+// retrying its deadline keeps moving, and once it stops it is absent one
+// interval after its last attempt. A close caused by the upstream needs no
+// case of its own: the client that lost its socket retries, and its retries
+// are these. A handshake carries no message: no rule applies.
+func (e *Engine) UpgradeFailed(r event.Request) {
+	r.Body = nil
+	e.HTTPRequest(r)
+}
+
 // HTTPRequest implements event.Observer: a request of a session is a sign
 // of presence (and activity) in either mode; its body is matched against the
 // hand-over rules as a client message.
@@ -193,8 +214,12 @@ func (e *Engine) HTTPRequest(r event.Request) {
 	start, end := e.handoffMatch(event.FromClient, r.Body)
 	now := e.now()
 	sh := &e.shards[shardOf(who.SessionID)]
-	sh.mu.Lock()
+	e.lockForNew(sh, who.SessionID, now)
 	s := e.getOrCreateLocked(sh, who.SessionID, who.BotID, now)
+	if s == nil {
+		sh.mu.Unlock()
+		return // refused by the session cap, counted
+	}
 	if s.conns == 0 {
 		// A session with an open socket keeps its connection's trace: the
 		// socket is what its presence (and so its absence) is about.

@@ -96,10 +96,16 @@ func shardOf(id string) uint8 {
 func (e *Engine) connShard(id event.ConnID) *connShard { return &e.conns[id&(numShards-1)] }
 
 // getOrCreateLocked returns session id, creating it (present, seen now)
-// when it is not tracked. bot fills in a missing bot id.
+// when it is not tracked. bot fills in a missing bot id. It returns nil when
+// the session cap leaves no room for a new one (cap.go; the caller locked sh
+// with lockForNew, which makes room when it can).
 func (e *Engine) getOrCreateLocked(sh *shard, id, bot string, now int64) *sess {
 	s := sh.sessions[id]
 	if s == nil {
+		if !e.cap.admit() {
+			e.refuse()
+			return nil
+		}
 		s = &sess{id: strings.Clone(id), bot: e.bots.intern(bot), lastSeen: now, shard: shardOf(id), handedOver: e.detect.Always}
 		s.deadline = now + int64(e.bots.settings(s.bot).CheckInterval)
 		sh.sessions[s.id] = s

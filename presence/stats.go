@@ -24,8 +24,11 @@ type Stats struct {
 	OnlineCommitted      uint64      `json:"onlineCommitted"`  // client.online notifications written to the outbox
 	UnsentNotifications  int         `json:"unsentNotifications"`
 	CommitErrors         uint64      `json:"commitErrors"`
-	IDsRefused           uint64      `json:"idsRefused"` // ids longer than store.MaxIDBytes, not tracked, since start
-	Deadlines            int         `json:"deadlines"`  // heap entries, stale ones included
+	IDsRefused           uint64      `json:"idsRefused"`      // ids longer than store.MaxIDBytes, not tracked, since start
+	Deadlines            int         `json:"deadlines"`       // heap entries, stale ones included
+	MaxSessions          int         `json:"maxSessions"`     // the cap (0: none)
+	SessionsShed         uint64      `json:"sessionsShed"`    // sessions shed to make room under the cap, since start
+	SessionsRefused      uint64      `json:"sessionsRefused"` // new sessions not tracked at the cap, since start
 }
 
 // Stats counts sessions by state, connections and transitions.
@@ -41,6 +44,9 @@ func (e *Engine) Stats() Stats {
 		OnlineCommitted:  e.counts.onlineCommitted.Load(),
 		CommitErrors:     e.counts.commitErrors.Load(),
 		IDsRefused:       e.counts.idsRefused.Load(),
+		MaxSessions:      int(e.cap.max),
+		SessionsShed:     e.counts.sessionsShed.Load(),
+		SessionsRefused:  e.counts.sessionsRefused.Load(),
 	}
 	for i := range e.shards {
 		sh := &e.shards[i]

@@ -77,7 +77,11 @@ func (p *Proxy) newWSConn(client, upstream net.Conn, who event.Identity, extensi
 		if p.o.InspectServer {
 			serverPrefix = p.o.InspectBytes
 		}
-		c.fromClient.parser.Init(wsframe.Options{ExpectMasked: true, PrefixLimit: clientPrefix, Deflate: c2s}, &c.fromClient)
+		// The client is not trusted to compress honestly: its messages are
+		// inflated within a bound (wsframe.Options.LimitInflate). The
+		// upstream's are inflated whole: what it compressed cost it more
+		// than inflating costs us.
+		c.fromClient.parser.Init(wsframe.Options{ExpectMasked: true, PrefixLimit: clientPrefix, Deflate: c2s, LimitInflate: true}, &c.fromClient)
 		c.fromUpstream.parser.Init(wsframe.Options{PrefixLimit: serverPrefix, Deflate: s2c}, &c.fromUpstream)
 	}
 	return c

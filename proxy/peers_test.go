@@ -138,6 +138,7 @@ const (
 	evMessage    evKind = "message"
 	evClosed     evKind = "closed"
 	evHTTP       evKind = "http"
+	evFailed     evKind = "upgrade_failed"
 )
 
 type obsEvent struct {
@@ -148,7 +149,7 @@ type obsEvent struct {
 	Msg    event.Message // Prefix copied
 	Reason event.CloseReason
 	Body   []byte // HTTPRequest: copied; nil stays nil
-	Trace  string // ConnOpened, HTTPRequest: the traceparent sent upstream
+	Trace  string // ConnOpened, HTTPRequest, UpgradeFailed: the traceparent sent upstream
 	At     time.Time
 }
 
@@ -179,13 +180,13 @@ func (r *recorder) add(e obsEvent) {
 	if e.Kind == evOpened && r.opened[e.ID] {
 		r.errs = append(r.errs, fmt.Sprintf("connection %d opened twice", e.ID))
 	}
-	if e.Kind != evOpened && e.Kind != evHTTP && !r.opened[e.ID] {
+	if e.Kind != evOpened && e.Kind != evHTTP && e.Kind != evFailed && !r.opened[e.ID] {
 		r.errs = append(r.errs, fmt.Sprintf("%s event for connection %d before its ConnOpened", e.Kind, e.ID))
 	}
 	if e.Kind == evOpened {
 		r.opened[e.ID] = true
 	}
-	if e.Kind != evHTTP && r.closed[e.ID] {
+	if e.Kind != evHTTP && e.Kind != evFailed && r.closed[e.ID] {
 		r.errs = append(r.errs, fmt.Sprintf("%s event for connection %d after its ConnClosed", e.Kind, e.ID))
 	}
 	if e.Kind == evClosed {
@@ -211,6 +212,14 @@ func (r *recorder) ConnClosed(id event.ConnID, reason event.CloseReason) {
 }
 func (r *recorder) HTTPRequest(req event.Request) {
 	r.add(obsEvent{Kind: evHTTP, Who: req.Who, Body: clone(req.Body), Trace: req.Trace})
+}
+func (r *recorder) UpgradeFailed(req event.Request) {
+	if req.Body != nil {
+		r.mu.Lock()
+		r.errs = append(r.errs, "UpgradeFailed with a body")
+		r.mu.Unlock()
+	}
+	r.add(obsEvent{Kind: evFailed, Who: req.Who, Trace: req.Trace})
 }
 
 // snapshot returns the events so far.

@@ -31,15 +31,19 @@ import (
 
 // Options configure a Proxy.
 type Options struct {
-	Upstream       *url.URL
-	DialTimeout    time.Duration // connect to the upstream; also bounds the WebSocket handshake (0: 10s)
-	KeepAlive      time.Duration // TCP keep-alive period on upstream sockets (client sockets: the http.Server's)
-	MaxConnections int           // in-flight requests plus open WebSockets; 0 = no cap
-	ProbeInterval  time.Duration // 0 = no liveness probe
-	ProbeTimeout   time.Duration
-	InspectBytes   int // prefix of each message / body that ids and rules see
-	SessionFrom    Sources
-	BotFrom        Sources
+	Upstream    *url.URL
+	DialTimeout time.Duration // connect to the upstream; also bounds the WebSocket handshake (0: 10s)
+	// ResponseTimeout bounds the wait for a plain request's response
+	// headers once the request (body included) went upstream; then 504.
+	// A response whose headers came is never cut by it. 0: no limit.
+	ResponseTimeout time.Duration
+	KeepAlive       time.Duration // TCP keep-alive period on upstream sockets (client sockets: the http.Server's)
+	MaxConnections  int           // in-flight requests plus open WebSockets; 0 = no cap
+	ProbeInterval   time.Duration // 0 = no liveness probe
+	ProbeTimeout    time.Duration
+	InspectBytes    int // prefix of each message / body that ids and rules see
+	SessionFrom     Sources
+	BotFrom         Sources
 	// InspectClient / InspectServer: the observer looks at message content in
 	// that direction (rules); ids from frame: sources turn client inspection on
 	// by themselves.
@@ -70,6 +74,8 @@ type Proxy struct {
 	connsMu   sync.Mutex
 	conns     map[*wsConn]struct{}
 	closing   atomic.Bool
+
+	inspectLogAt atomic.Int64 // unix ns of the last "no longer inspected" log line
 }
 
 // Stats are the proxy's counters, read with atomic loads.
@@ -78,11 +84,16 @@ type Stats struct {
 	Upgrades       atomic.Int64
 	OpenWebSockets atomic.Int64
 	Rejected       atomic.Int64 // over MaxConnections
-	UpstreamErrors atomic.Int64 // 502s
+	UpstreamErrors atomic.Int64 // 502s and 504s: the upstream unreachable or not answering in time
+	ClientErrors   atomic.Int64 // 400s and 413s for the client's own request body, and clients gone mid-body
 	ProbeTimeouts  atomic.Int64
 	Frames         [2]atomic.Int64 // by event.Direction
 	Bytes          [2]atomic.Int64
 	Untracked      atomic.Int64 // connections and requests with no session id
+	// InspectionStopped, by event.Direction: connections whose compressed
+	// messages in that direction are no longer inspected (a message inflated
+	// past the bound, or could not be inflated, with context takeover).
+	InspectionStopped [2]atomic.Int64
 }
 
 // New builds a Proxy.
@@ -122,13 +133,16 @@ func New(o Options) (*Proxy, error) {
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   o.DialTimeout,
 		ExpectContinueTimeout: time.Second,
+		// Started once the request is written: a slow upload is not cut,
+		// nor a streamed or long-polled body once its headers came.
+		ResponseHeaderTimeout: o.ResponseTimeout,
 		DisableCompression:    true, // Accept-Encoding is the client's to send, not ours
 	}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:      func(pr *httputil.ProxyRequest) { rewrite(pr, target) },
 		Transport:    transport,
 		ErrorLog:     zap.NewStdLog(o.Log.Named("reverseproxy")),
-		ErrorHandler: p.badGateway,
+		ErrorHandler: p.proxyError,
 		ModifyResponse: func(resp *http.Response) error {
 			spanStatus(trace.SpanFromContext(resp.Request.Context()), resp.StatusCode)
 			return nil
@@ -147,30 +161,43 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.stats.Rejected.Add(1)
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, "presence-sidecar: too many connections", http.StatusServiceUnavailable)
+		p.refused(r)
 		return
 	}
 	// Ids from the request line, headers and cookies, read once.
 	who := event.Identity{SessionID: p.o.SessionFrom.fromRequest(r), BotID: p.o.BotFrom.fromRequest(r)}
 	if isUpgrade(r) {
-		r, span := p.startSpan(r, "proxy.upgrade", who)
+		r, span := p.startSpan(r, r.Context(), "proxy.upgrade", who)
 		defer span.End()
 		// The WebSocket's slot is released when the relay ends.
 		if !p.serveUpgrade(w, r, span, who) {
 			p.active.Add(-1)
+			// Invariant 7 (docs/ARCHITECTURE.md, "Presence invariants"): a
+			// client whose handshake failed, whoever's fault it was, is
+			// still trying to reach the service.
+			p.obs.UpgradeFailed(event.Request{Who: who, Trace: p.traceOf(r)})
 		}
 		return
 	}
 	defer p.active.Add(-1)
 	p.stats.HTTPRequests.Add(1)
-	r, span := p.startSpan(r, "proxy.http", who)
-	defer span.End()
-	var tp string
-	if p.traced {
-		tp = tracectx.Format(trace.SpanContextFromContext(r.Context()))
+	// Every body is wrapped, inspected or not, so that proxyError can tell
+	// the client's failures (a malformed chunk, a body cut short) from the
+	// upstream's; the request's context carries it there.
+	ctx := r.Context()
+	var tap *bodyTap
+	if r.Body != nil && r.Body != http.NoBody {
+		tap = &bodyTap{ReadCloser: r.Body, p: p, who: who, inspect: p.wantsBody(), limit: p.o.InspectBytes}
+		ctx = context.WithValue(ctx, bodyKey{}, tap)
 	}
-	if r.Body != nil && r.Body != http.NoBody && p.wantsBody() {
-		tap := &bodyTap{ReadCloser: r.Body, p: p, who: who, trace: tp, limit: p.o.InspectBytes}
+	r, span := p.startSpan(r, ctx, "proxy.http", who)
+	defer span.End()
+	tp := p.traceOf(r)
+	if tap != nil {
 		r.Body = tap
+	}
+	if tap != nil && tap.inspect {
+		tap.trace = tp
 		// The upstream may answer before the body ended, and ReverseProxy
 		// does not pass Close on: the request is reported at the latest here.
 		defer tap.reportOnce()
@@ -180,11 +207,36 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.rp.ServeHTTP(w, r)
 }
 
+// refused reports a request refused over MaxConnections: the sidecar's
+// refusal is not the client leaving (invariant 7, docs/ARCHITECTURE.md,
+// "Presence invariants"). Only the request's own ids are known.
+func (p *Proxy) refused(r *http.Request) {
+	if _, nop := p.obs.(event.Nop); nop {
+		return // a pure proxy: not even the ids are read
+	}
+	who := event.Identity{SessionID: p.o.SessionFrom.fromRequest(r), BotID: p.o.BotFrom.fromRequest(r)}
+	if isUpgrade(r) {
+		p.obs.UpgradeFailed(event.Request{Who: who})
+	} else {
+		p.obs.HTTPRequest(event.Request{Who: who})
+	}
+}
+
+// traceOf is the traceparent r goes upstream with, for the observer; "" when
+// nobody wants it.
+func (p *Proxy) traceOf(r *http.Request) string {
+	if !p.traced {
+		return ""
+	}
+	return tracectx.Format(trace.SpanContextFromContext(r.Context()))
+}
+
 // startSpan starts the server span of a request, continuing the client's
-// trace when it sent a traceparent. The returned request carries the span:
-// rewrite sends its context upstream.
-func (p *Proxy) startSpan(r *http.Request, name string, who event.Identity) (*http.Request, trace.Span) {
-	ctx := tracectx.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+// trace when it sent a traceparent. The returned request carries the span
+// in a context derived from ctx (r's, or one derived from it): rewrite
+// sends the span's context upstream.
+func (p *Proxy) startSpan(r *http.Request, ctx context.Context, name string, who event.Identity) (*http.Request, trace.Span) {
+	ctx = tracectx.Propagator.Extract(ctx, propagation.HeaderCarrier(r.Header))
 	ctx, span := tracectx.Start(ctx, p.tracer, name, trace.WithSpanKind(trace.SpanKindServer))
 	if span.IsRecording() {
 		attrs := []attribute.KeyValue{
@@ -239,36 +291,68 @@ func (p *Proxy) httpSeen(who event.Identity, body []byte, trace string) {
 	p.obs.HTTPRequest(event.Request{Who: who, Body: body, Trace: trace})
 }
 
-// bodyTap keeps a bounded prefix of a request body as it streams to the
-// upstream, and reports the request once: when the body is done, or when
-// the handler returns. The transport reads it on its own goroutine, which
-// can outlive the handler, hence the lock.
+// bodyTap wraps a request body as it streams to the upstream. It records
+// how reading the client's body went (proxyError's evidence that a failure
+// is the client's) and, when inspect is set, keeps a bounded prefix and
+// reports the request once: when the body is done, or when the handler
+// returns. The transport reads it on its own goroutine, which can outlive
+// the handler, hence the lock.
 type bodyTap struct {
 	io.ReadCloser
-	p     *Proxy
-	who   event.Identity
-	trace string
-	limit int
-	mu    sync.Mutex
-	buf   []byte
-	done  bool
+	p       *Proxy
+	who     event.Identity
+	trace   string
+	inspect bool
+	limit   int
+	mu      sync.Mutex
+	buf     []byte
+	done    bool  // reported (inspect), buf no longer changes
+	started bool  // some of the body was read
+	eof     bool  // the body was read to its end
+	readErr error // reading the client's body failed
 }
+
+// bodyKey is the context key of a request's *bodyTap.
+type bodyKey struct{}
 
 func (b *bodyTap) Read(q []byte) (int, error) {
 	n, err := b.ReadCloser.Read(q)
 	b.mu.Lock()
-	if room := b.limit - len(b.buf); room > 0 && n > 0 && !b.done {
+	if room := b.limit - len(b.buf); b.inspect && room > 0 && n > 0 && !b.done {
 		b.buf = append(b.buf, q[:min(n, room)]...)
 	}
+	b.started = b.started || n > 0
+	switch {
+	case err == io.EOF:
+		b.eof = true
+	case err != nil && b.readErr == nil && !errors.Is(err, http.ErrBodyReadAfterClose):
+		// A read after Close is the transport's, once the handler returned.
+		b.readErr = err
+	}
 	b.mu.Unlock()
-	if err != nil {
+	if err != nil && b.inspect {
 		b.reportOnce()
 	}
 	return n, err
 }
 
+// clientFault is why the client's body failed, if it did: a read error, or
+// the client gone (gone: its request's context ended) in the middle of its
+// body. A client gone before any of its body was read is one that gave up
+// waiting, not a fault.
+func (b *bodyTap) clientFault(gone bool) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.readErr == nil && gone && b.started && !b.eof {
+		return io.ErrUnexpectedEOF
+	}
+	return b.readErr
+}
+
 func (b *bodyTap) Close() error {
-	b.reportOnce()
+	if b.inspect {
+		b.reportOnce()
+	}
 	return b.ReadCloser.Close()
 }
 

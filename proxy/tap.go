@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"time"
+
 	"go.uber.org/zap"
 
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
@@ -77,6 +79,7 @@ func (s *clientTap) FrameEnd(h wsframe.Header, end int, payload []byte) {
 
 func (s *clientTap) Message(m wsframe.Message) {
 	c := s.c
+	c.inflateStopped(event.FromClient, m, &s.parser)
 	msg := toEvent(m)
 	if c.idTries < idFrames && m.Opcode == wsframe.OpText && msg.Prefix != nil {
 		c.identify(msg.Prefix)
@@ -111,6 +114,7 @@ func (s *upstreamTap) FrameEnd(h wsframe.Header, end int, _ []byte) {
 }
 
 func (s *upstreamTap) Message(m wsframe.Message) {
+	s.c.inflateStopped(event.FromServer, m, &s.parser)
 	s.c.p.obs.Message(s.c.id, event.FromServer, toEvent(m))
 }
 
@@ -146,10 +150,34 @@ func (c *wsConn) identify(doc []byte) {
 // toEvent is what the observer learns of a message.
 func toEvent(m wsframe.Message) event.Message {
 	e := event.Message{Text: m.Opcode == wsframe.OpText, Size: m.Size, Prefix: m.Prefix, Truncated: m.Truncated}
-	if m.InflateErr != nil {
-		e.Prefix = nil
+	if m.InflateErr != nil && m.InflateErr != wsframe.ErrInflateLimit {
+		e.Prefix = nil // not inflated: nothing to look at
 	}
 	return e
+}
+
+// inflateStopped counts, and logs (at most one line every 5 s for all
+// connections: a client can send a bomb on every connection it opens), the
+// message after which a direction's compressed messages are no longer
+// inspected: it inflated past the bound (wsframe.ErrInflateLimit) or could
+// not be inflated, and with context takeover (RFC 7692 section 7.1.1) the
+// window the later ones refer to is lost. Ids and rules no longer see that
+// direction's compressed messages; the bytes pass unchanged as ever.
+func (c *wsConn) inflateStopped(dir event.Direction, m wsframe.Message, parser *wsframe.Parser) {
+	if m.InflateErr == nil || m.InflateErr == wsframe.ErrInflateDisabled || !parser.InflateStopped() {
+		return
+	}
+	p := c.p
+	n := p.stats.InspectionStopped[dir].Add(1)
+	now := time.Now().UnixNano()
+	if last := p.inspectLogAt.Load(); now-last >= int64(5*time.Second) && p.inspectLogAt.CompareAndSwap(last, now) {
+		// Not c.log() from the upstream goroutine: the session id is the
+		// client goroutine's to write (identify).
+		p.log.Warn("compressed messages no longer inspected on this connection",
+			zap.Uint64("conn", uint64(c.id)), zap.Stringer("direction", dir), zap.Int64("message_bytes", m.Size),
+			zap.Int64("so_far", p.stats.InspectionStopped[event.FromClient].Load()+p.stats.InspectionStopped[event.FromServer].Load()),
+			zap.Int64("direction_so_far", n), zap.Error(m.InflateErr))
+	}
 }
 
 // countFrames adds the frames a chunk ended: once per chunk, not per frame,

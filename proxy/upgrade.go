@@ -139,10 +139,7 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request, span trace.
 	fromUpstream := takeBuffered(br)
 
 	c := p.newWSConn(client, up, who, resp.Header["Sec-Websocket-Extensions"], isWebSocket(upgrade))
-	var tp string
-	if p.traced {
-		tp = tracectx.Format(trace.SpanContextFromContext(r.Context()))
-	}
+	tp := p.traceOf(r)
 	if span.IsRecording() {
 		span.SetAttributes(semconv.HTTPResponseStatusCode(http.StatusSwitchingProtocols), tracectx.AttrConnID.Int64(int64(c.id)))
 	}

@@ -74,15 +74,16 @@ func Build(cfg config.Config, log *zap.Logger, tel *telemetry.Telemetry) (*App, 
 	}
 	upstream, _ := url.Parse(cfg.UpstreamURL) // validated by config
 	po := proxy.Options{
-		Upstream:       upstream,
-		DialTimeout:    cfg.DialTimeout,
-		KeepAlive:      cfg.TCPKeepAlive,
-		MaxConnections: cfg.MaxConnections,
-		ProbeInterval:  cfg.ProbeInterval,
-		ProbeTimeout:   cfg.ProbeTimeout,
-		InspectBytes:   cfg.InspectBytes,
-		Log:            log.Named("proxy"),
-		Tracer:         tel.Tracer,
+		Upstream:        upstream,
+		DialTimeout:     cfg.DialTimeout,
+		ResponseTimeout: cfg.ResponseTimeout,
+		KeepAlive:       cfg.TCPKeepAlive,
+		MaxConnections:  cfg.MaxConnections,
+		ProbeInterval:   cfg.ProbeInterval,
+		ProbeTimeout:    cfg.ProbeTimeout,
+		InspectBytes:    cfg.InspectBytes,
+		Log:             log.Named("proxy"),
+		Tracer:          tel.Tracer,
 	}
 	if cfg.PresenceEnabled {
 		if err := a.buildPresence(&po); err != nil {
@@ -171,6 +172,7 @@ func (a *App) buildPresence(po *proxy.Options) error {
 		HandoffEnd:       r.HandoffEnd,
 		Ignore:           r.Ignore,
 		ForgetAfter:      cfg.PresenceForgetAfter,
+		MaxSessions:      cfg.PresenceMaxSessions,
 		Wake:             a.deliverer.Wake,
 		Tracer:           a.tel.Tracer,
 	})

@@ -22,6 +22,8 @@ const (
 	mUpgrades            = "presence_sidecar.upgrades"
 	mRejected            = "presence_sidecar.rejected"
 	mUpstreamErrors      = "presence_sidecar.upstream_errors"
+	mClientErrors        = "presence_sidecar.client_errors"
+	mInspectionStopped   = "presence_sidecar.inspection_stopped"
 	mProbeTimeouts       = "presence_sidecar.probe_timeouts"
 	mUntracked           = "presence_sidecar.untracked"
 	mFrames              = "presence_sidecar.frames"
@@ -33,6 +35,8 @@ const (
 	mNotificationsQueued = "presence_sidecar.notifications_queued"
 	mStoreErrors         = "presence_sidecar.store_errors"
 	mIDsRefused          = "presence_sidecar.ids_refused"
+	mSessionsShed        = "presence_sidecar.sessions_shed"
+	mSessionsRefused     = "presence_sidecar.sessions_refused"
 	mOutboxDepth         = "presence_sidecar.outbox_depth"
 	mNotifications       = "presence_sidecar.notifications"
 	mDeliveryLatency     = "presence_sidecar.delivery_latency"
@@ -104,7 +108,9 @@ func (x *metrics) observe(m metric.MeterProvider, p *proxy.Proxy, e *presence.En
 	httpReqs := counter(mHTTPRequests, "{request}", "Plain HTTP requests proxied.")
 	upgrades := counter(mUpgrades, "{request}", "WebSocket upgrade requests.")
 	rejected := counter(mRejected, "{request}", "Requests refused (503) over MAX_CONNECTIONS.")
-	upErrs := counter(mUpstreamErrors, "{request}", "Requests answered 502 because the upstream was unreachable.")
+	upErrs := counter(mUpstreamErrors, "{request}", "Requests answered 502 because the upstream was unreachable, or 504 because it sent no response within UPSTREAM_RESPONSE_TIMEOUT.")
+	inspStopped := counter(mInspectionStopped, "{connection}", "Connections whose compressed messages in a direction (client, server) are no longer inspected: one inflated past the bound or could not be inflated, losing the deflate window.")
+	clientErrs := counter(mClientErrors, "{request}", "Requests that failed through the client's own fault (a malformed request body, a client gone mid-body), answered 4xx.")
 	probes := counter(mProbeTimeouts, "{connection}", "Connections closed because the client stopped answering the liveness probe.")
 	untracked := counter(mUntracked, "{request}", "Connections (counted when they end) and plain requests without a session id.")
 	frames := counter(mFrames, "{frame}", "WebSocket frames relayed, by direction (client, server).")
@@ -116,14 +122,17 @@ func (x *metrics) observe(m metric.MeterProvider, p *proxy.Proxy, e *presence.En
 		o.ObserveInt64(upgrades, s.Upgrades.Load())
 		o.ObserveInt64(rejected, s.Rejected.Load())
 		o.ObserveInt64(upErrs, s.UpstreamErrors.Load())
+		o.ObserveInt64(clientErrs, s.ClientErrors.Load())
 		o.ObserveInt64(probes, s.ProbeTimeouts.Load())
 		o.ObserveInt64(untracked, s.Untracked.Load())
 		o.ObserveInt64(frames, s.Frames[event.FromClient].Load(), dirClient)
 		o.ObserveInt64(frames, s.Frames[event.FromServer].Load(), dirServer)
 		o.ObserveInt64(bytes, s.Bytes[event.FromClient].Load(), dirClient)
 		o.ObserveInt64(bytes, s.Bytes[event.FromServer].Load(), dirServer)
+		o.ObserveInt64(inspStopped, s.InspectionStopped[event.FromClient].Load(), dirClient)
+		o.ObserveInt64(inspStopped, s.InspectionStopped[event.FromServer].Load(), dirServer)
 		return nil
-	}, open, httpReqs, upgrades, rejected, upErrs, probes, untracked, frames, bytes)
+	}, open, httpReqs, upgrades, rejected, upErrs, clientErrs, probes, untracked, frames, bytes, inspStopped)
 	errs = append(errs, err)
 	if e == nil {
 		return errors.Join(errs...)
@@ -131,11 +140,13 @@ func (x *metrics) observe(m metric.MeterProvider, p *proxy.Proxy, e *presence.En
 
 	sessions := gauge(mSessions, "{session}", "Tracked sessions by presence state (present, absent).")
 	handed := gauge(mHandedOver, "{session}", "Tracked sessions handed over to a human.")
-	untrackedConns := gauge(mUntrackedConns, "{connection}", "Open connections whose session id is not known (yet).")
+	untrackedConns := gauge(mUntrackedConns, "{connection}", "Open connections not tracked: their session id is not known (yet), or the session cap refused it.")
 	transitions := counter(mTransitions, "{transition}", "Presence transitions by kind (absent, returned, handoff_started, handoff_ended).")
 	queued := counter(mNotificationsQueued, "{notification}", "Notifications written to the outbox, by kind.")
 	storeErrs := counter(mStoreErrors, "{error}", "Failed writes of presence decisions to the store (retried).")
 	idsRefused := counter(mIDsRefused, "{id}", "Session or bot ids longer than the bound (512 bytes), not tracked.")
+	shed := counter(mSessionsShed, "{session}", "Sessions dropped, oldest idle first, to make room under PRESENCE_MAX_SESSIONS.")
+	refused := counter(mSessionsRefused, "{session}", "New sessions not tracked: PRESENCE_MAX_SESSIONS reached and every session connected, handed over or awaiting a notification.")
 	depth := gauge(mOutboxDepth, "{notification}", "Notifications waiting for delivery.")
 	// One callback: Stats walks every session once per collection.
 	_, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
@@ -152,9 +163,11 @@ func (x *metrics) observe(m metric.MeterProvider, p *proxy.Proxy, e *presence.En
 		o.ObserveInt64(queued, int64(s.OnlineCommitted), attrs("kind", "client.online"))
 		o.ObserveInt64(storeErrs, int64(s.CommitErrors))
 		o.ObserveInt64(idsRefused, int64(s.IDsRefused))
+		o.ObserveInt64(shed, int64(s.SessionsShed))
+		o.ObserveInt64(refused, int64(s.SessionsRefused))
 		o.ObserveInt64(depth, int64(d.Depth()))
 		return nil
-	}, sessions, handed, untrackedConns, transitions, queued, storeErrs, idsRefused, depth)
+	}, sessions, handed, untrackedConns, transitions, queued, storeErrs, idsRefused, shed, refused, depth)
 	errs = append(errs, err)
 	return errors.Join(errs...)
 }

@@ -33,6 +33,7 @@ type Config struct {
 	MaxHeaderBytes    int           `env:"MAX_HEADER_BYTES" desc:"largest request header block; larger gets 431"`
 	MaxConnections    int           `env:"MAX_CONNECTIONS" desc:"requests in progress plus open WebSockets allowed (0 = no cap); over it: 503"`
 	DialTimeout       time.Duration `env:"UPSTREAM_DIAL_TIMEOUT" desc:"time to connect to the upstream and, for WebSockets, to get its handshake answer; then 502"`
+	ResponseTimeout   time.Duration `env:"UPSTREAM_RESPONSE_TIMEOUT" desc:"time the upstream has to send a plain HTTP response's headers once the request is sent (0 = no limit); then 504. A streamed body is never cut"`
 	TCPKeepAlive      time.Duration `env:"TCP_KEEPALIVE" desc:"TCP keep-alive period on client and upstream sockets"`
 	InspectBytes      int           `env:"INSPECT_BYTES" desc:"bytes of each message (after inflation) and HTTP body that ids and rules look at"`
 	ProbeInterval     time.Duration `env:"PROBE_INTERVAL" desc:"liveness Ping to each WebSocket client (0 = off)"`
@@ -49,6 +50,7 @@ type Config struct {
 	PresenceIgnore        string        `env:"PRESENCE_IGNORE" desc:"frames that are not activity (rules)"`
 	PresenceBotsFile      string        `env:"PRESENCE_BOTS_FILE" desc:"JSON file of per-bot settings"`
 	PresenceForgetAfter   time.Duration `env:"PRESENCE_FORGET_AFTER" desc:"idle sessions are forgotten after this"`
+	PresenceMaxSessions   int           `env:"PRESENCE_MAX_SESSIONS" desc:"most sessions tracked at once (0 = no cap); at the cap the oldest idle ones are shed (see Failure modes)"`
 
 	// Hand-over
 	HandoffDetect        string        `env:"HANDOFF_DETECT" desc:"always, rules, api (comma list)"`
@@ -84,6 +86,7 @@ func Defaults() Config {
 		ReadHeaderTimeout: 10 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		DialTimeout:       proxy.DefaultDialTimeout,
+		ResponseTimeout:   proxy.DefaultResponseTimeout,
 		TCPKeepAlive:      30 * time.Second,
 		InspectBytes:      proxy.DefaultInspectBytes,
 		ProbeInterval:     25 * time.Second, // with PROBE_TIMEOUT: a dead client found within ~45 s, as Socket.IO does
@@ -95,6 +98,7 @@ func Defaults() Config {
 		PresenceMode:          string(presence.ModeConnection),
 		PresenceIgnore:        "client:action=keep_alive",
 		PresenceForgetAfter:   presence.DefaultForgetAfter,
+		PresenceMaxSessions:   presence.DefaultMaxSessions,
 
 		HandoffDetect:        "rules,api",
 		HandoffStartMatch:    "server:data.isTransfer=true",
@@ -224,6 +228,7 @@ func (c Config) validate() error {
 	}{
 		{"READ_HEADER_TIMEOUT", c.ReadHeaderTimeout, false},
 		{"UPSTREAM_DIAL_TIMEOUT", c.DialTimeout, false},
+		{"UPSTREAM_RESPONSE_TIMEOUT", c.ResponseTimeout, true},
 		{"TCP_KEEPALIVE", c.TCPKeepAlive, true},
 		{"PROBE_INTERVAL", c.ProbeInterval, true},
 		{"PROBE_TIMEOUT", c.ProbeTimeout, false},
@@ -243,6 +248,9 @@ func (c Config) validate() error {
 	}
 	if c.MaxConnections < 0 {
 		errs = append(errs, bad("MAX_CONNECTIONS", fmt.Sprint(c.MaxConnections), "want 0 (no cap) or more"))
+	}
+	if c.PresenceMaxSessions < 0 {
+		errs = append(errs, bad("PRESENCE_MAX_SESSIONS", fmt.Sprint(c.PresenceMaxSessions), "want 0 (no cap) or more"))
 	}
 	if c.MaxHeaderBytes < 1024 {
 		errs = append(errs, bad("MAX_HEADER_BYTES", fmt.Sprint(c.MaxHeaderBytes), "want at least 1024"))

@@ -83,6 +83,13 @@ type Observer interface {
 	ConnClosed(id ConnID, reason CloseReason)
 	// HTTPRequest: a plain HTTP request passed (with or without a session id).
 	HTTPRequest(r Request)
+	// UpgradeFailed: a WebSocket upgrade did not become a connection: the
+	// upstream was unreachable (502), refused it (its answer relayed), or
+	// the sidecar refused it (503). The client was there, trying to reach
+	// the service (docs/ARCHITECTURE.md, "Presence invariants", 7). Body is
+	// nil; Who holds the ids of the handshake request (query, header,
+	// cookie), since no frame ever passed.
+	UpgradeFailed(r Request)
 }
 
 // Nop ignores everything: the proxy without presence.
@@ -93,3 +100,4 @@ func (Nop) ConnIdentified(ConnID, Identity)    {}
 func (Nop) Message(ConnID, Direction, Message) {}
 func (Nop) ConnClosed(ConnID, CloseReason)     {}
 func (Nop) HTTPRequest(Request)                {}
+func (Nop) UpgradeFailed(Request)              {}

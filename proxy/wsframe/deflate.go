@@ -218,7 +218,8 @@ func (f *inflater) goRun() {
 }
 
 // run reads inflated output until the message ends, an error, or, without
-// context takeover, once the prefix and whether more follows are known.
+// context takeover, once the prefix and whether more follows are known; with
+// context takeover and LimitInflate, once the message passed the bound.
 func (f *inflater) run() {
 	p := f.p
 	for {
@@ -236,6 +237,10 @@ func (f *inflater) run() {
 			break
 		}
 		if p.noCtx && f.total > int64(p.limit) {
+			break
+		}
+		if p.limitInflate && f.total > max(MaxInflate, int64(p.limit)) {
+			f.err = ErrInflateLimit // with context takeover: see Options.LimitInflate
 			break
 		}
 	}

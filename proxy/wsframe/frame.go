@@ -38,8 +38,9 @@
 //     most 32 KiB (WindowBits 15) and less when the connection has produced
 //     less output or a smaller window was negotiated. Every compressed message
 //     is inflated completely (output past the prefix is discarded) to keep the
-//     window right. With no_context_takeover for the direction nothing is kept
-//     between messages and inflation stops once the prefix is known.
+//     window right, up to the bound of Options.LimitInflate when it is set.
+//     With no_context_takeover for the direction nothing is kept between
+//     messages and inflation stops once the prefix is known.
 //     Measured over 1,000 idle parsers after one compressed message each:
 //     about 0.5 KiB per parser after a 300-byte chat message, 32 KiB after a
 //     64 KiB message, 0 with no context takeover.
@@ -52,7 +53,10 @@
 // no allocation. Each inflated message costs what it costs the endpoint
 // (roughly 5 to 20 µs for a small chat message, mostly compress/flate's
 // Huffman table set-up, plus copying the 32 KiB window in and out with
-// context takeover).
+// context takeover). A message that inflates to far more than it weighs (a
+// deflate bomb) costs at most PrefixLimit bytes of inflation without context
+// takeover, and MaxInflate with it when Options.LimitInflate is set (see
+// BenchmarkDeflateBomb).
 //
 // # Strictness
 //
@@ -70,11 +74,11 @@
 //
 // A Parser is used by one goroutine: its methods must not be called
 // concurrently. Handler methods are called synchronously from Feed, on the
-// caller's goroutine; they may call AtBoundary, Pending, Failed and Release
-// (Feed then returns at once), but not Feed or Init. Release must be called
-// when the connection ends, also after a panic (defer it): it stops an
-// inflating goroutine, which would otherwise wait forever, and returns pooled
-// buffers.
+// caller's goroutine; they may call AtBoundary, Pending, Failed,
+// InflateStopped and Release (Feed then returns at once), but not Feed or
+// Init. Release must be called when the connection ends, also after a panic
+// (defer it): it stops an inflating goroutine, which would otherwise wait
+// forever, and returns pooled buffers.
 package wsframe
 
 import (
@@ -141,7 +145,7 @@ type Message struct {
 	// compressed and Options.Deflate is set, inflated: at most
 	// Options.PrefixLimit bytes. It may alias the chunk given to Feed and is
 	// valid only during the Message call. Nil when PrefixLimit is 0 or
-	// InflateErr is set.
+	// InflateErr is set, except for ErrInflateLimit.
 	Prefix []byte
 	// Truncated: the payload (after inflation) has bytes that are not in
 	// Prefix. When the content was not inspected (PrefixLimit 0, InflateErr)
@@ -149,7 +153,10 @@ type Message struct {
 	Truncated bool
 	// InflateErr is set when inflation failed; the stream is still relayed
 	// and parsed. ErrInflateDisabled marks messages that were not inflated
-	// because an earlier failure lost the shared window.
+	// because an earlier failure lost the shared window. ErrInflateLimit
+	// marks the message that passed the inflation bound
+	// (Options.LimitInflate): its Prefix is set and right, but the window is
+	// lost, so the later compressed messages are ErrInflateDisabled.
 	InflateErr error
 }
 
@@ -187,6 +194,18 @@ var (
 // inflate error on a context-takeover stream: the window they depend on is lost.
 var ErrInflateDisabled = errors.New("wsframe: not inflated: an earlier inflate error lost the deflate window")
 
+// ErrInflateLimit is the InflateErr of a compressed message that inflated
+// past the bound of Options.LimitInflate on a context-takeover stream. Its
+// Prefix is right; it was not inflated further, so the window is lost and
+// the later compressed messages are ErrInflateDisabled.
+var ErrInflateLimit = errors.New("wsframe: inflation stopped: the message inflates past the bound, and the deflate window with it")
+
+// MaxInflate bounds, with Options.LimitInflate, how far a compressed message
+// is inflated with context takeover (PrefixLimit when that is larger). Chat
+// messages stay far below it; a deflate bomb (1 MB on the wire, 1 GB
+// inflated) costs the tap 1 MiB of inflation, once per connection.
+const MaxInflate = 1 << 20
+
 // Options configure a Parser for one direction of one connection.
 type Options struct {
 	// ExpectMasked: the client-to-server direction, where every frame must be
@@ -200,6 +219,16 @@ type Options struct {
 	// Deflate: permessage-deflate parameters for this direction; nil when the
 	// extension was not negotiated (RSV1 is then a protocol error).
 	Deflate *DeflateParams
+	// LimitInflate bounds the work per compressed message, for a sender
+	// that is not trusted (the client): without it one small message can
+	// make the tap inflate any amount (a deflate bomb). Without context
+	// takeover inflation stops at PrefixLimit in any case. With context
+	// takeover (RFC 7692 section 7.1.1) each message is inflated whole to
+	// keep the window later messages refer to, so it can only be cut short
+	// at a cost: a message that inflates past max(MaxInflate, PrefixLimit)
+	// is inflated no further (ErrInflateLimit), and the compressed messages
+	// after it are not inspected (ErrInflateDisabled).
+	LimitInflate bool
 }
 
 // maxHeaderLen is 2 bytes + 8 bytes of extended length + 4 bytes of mask key.
@@ -247,6 +276,7 @@ type Parser struct {
 	msgOp        Opcode
 	msgComp      bool
 	inflFailed   bool // an inflate error lost the window (context takeover)
+	limitInflate bool // Options.LimitInflate
 }
 
 // MaxPrefixLimit caps Options.PrefixLimit.
@@ -261,6 +291,7 @@ func (p *Parser) Init(opts Options, h Handler) {
 		state:        stHeader,
 		limit:        min(max(opts.PrefixLimit, 0), MaxPrefixLimit),
 		expectMasked: opts.ExpectMasked,
+		limitInflate: opts.LimitInflate,
 	}
 	if d := opts.Deflate; d != nil {
 		p.deflate = true
@@ -290,6 +321,11 @@ func (p *Parser) Pending() int64 {
 
 // Failed reports whether a protocol error stopped the parser.
 func (p *Parser) Failed() bool { return p.state == stFailed }
+
+// InflateStopped reports whether compressed messages are no longer
+// inflated: an inflate error or ErrInflateLimit lost the context-takeover
+// window. It stays so until Init.
+func (p *Parser) InflateStopped() bool { return p.inflFailed }
 
 // Release stops any inflation in progress and returns pooled buffers,
 // including the deflate window. The parser then ignores input until Init.
@@ -602,6 +638,9 @@ func (p *Parser) emitMessage(seg []byte, h *Header) {
 		if f.err != nil {
 			m.InflateErr = f.err
 			m.Truncated = m.Size > 0
+			if f.err == ErrInflateLimit {
+				m.Prefix, m.Truncated = p.prefix.b, true // what was inflated is right
+			}
 			if !p.noCtx {
 				// The window is now unknown: later messages cannot be inflated.
 				p.inflFailed = true

@@ -8,10 +8,11 @@ import (
 var fuzzLimits = [8]int{0, 1, 3, 5, 64, 125, 1024, 4096}
 var fuzzWindowBits = [4]int{0, 8, 9, 12}
 
-// fuzzOptions maps one byte to Options: bit 0 ExpectMasked, bit 1 deflate,
+// fuzzOptions maps one byte to Options: bit 0 ExpectMasked (and
+// LimitInflate, as the proxy's client direction has both), bit 1 deflate,
 // bit 2 no context takeover, bits 3-4 window bits, bits 5-7 prefix limit.
 func fuzzOptions(b byte) Options {
-	o := Options{ExpectMasked: b&1 != 0, PrefixLimit: fuzzLimits[b>>5]}
+	o := Options{ExpectMasked: b&1 != 0, LimitInflate: b&1 != 0, PrefixLimit: fuzzLimits[b>>5]}
 	if b&2 != 0 {
 		o.Deflate = &DeflateParams{NoContextTakeover: b&4 != 0, WindowBits: fuzzWindowBits[(b>>3)&3]}
 	}
@@ -49,6 +50,7 @@ func fuzzInput(o Options, sizes []byte, stream []byte) []byte {
 // and compares the events with those of the whole-buffer reference parser.
 func FuzzParser(f *testing.F) {
 	short := [][]byte{[]byte("hello hello hello"), []byte(`{"data":{"sessionId":"abc"}}`), []byte("hello again"), {}}
+	bomb2, _ := bombStream(2) // inflates past MaxInflate: ErrInflateLimit, then ErrInflateDisabled
 	for _, seed := range []struct {
 		o      Options
 		sizes  []byte
@@ -69,6 +71,7 @@ func FuzzParser(f *testing.F) {
 		{Options{PrefixLimit: 1, Deflate: &DeflateParams{}}, nil, concat(
 			frame{fin: true, rsv1: true, op: OpText, payload: []byte{0xff, 0xff, 0xff}},
 			frame{fin: true, rsv1: true, op: OpText, payload: []byte{0x02, 0x00}})},
+		{Options{ExpectMasked: true, PrefixLimit: 64, Deflate: &DeflateParams{}}, []byte{100, 7}, bomb2},
 		{Options{}, nil, []byte{0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0}},
 		{Options{}, []byte{1}, []byte{0x89, 126, 0, 1, 0}},
 	} {

@@ -240,10 +240,17 @@ func refParse(b []byte, o Options) refResult {
 				if noCtx && total > int64(limit) {
 					break
 				}
+				if o.LimitInflate && !noCtx && total > int64(max(MaxInflate, limit)) {
+					ierr = ErrInflateLimit
+					break
+				}
 			}
 			if ierr != nil {
 				m.err = ierr.Error()
 				m.trunc = msgSize > 0
+				if ierr == ErrInflateLimit {
+					m.data, m.nilData, m.trunc = out, false, true
+				}
 				if !noCtx {
 					inflFailed, win = true, nil
 				}
