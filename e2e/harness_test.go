@@ -32,6 +32,9 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
+	if role := os.Getenv(helperEnv); role != "" {
+		os.Exit(runHelper(role)) // a child process of a test (faults_test.go), not the suite
+	}
 	dir, err := os.MkdirTemp("", "presence-sidecar-e2e")
 	if err != nil {
 		panic(err)
@@ -94,6 +97,15 @@ func baseEnv(upstream, platform, dataDir string) map[string]string {
 // here unless given) and waits until /healthz answers.
 func start(t testing.TB, env map[string]string) *sidecar {
 	t.Helper()
+	return startWrapped(t, env, nil)
+}
+
+// startWrapped is start with the binary run by a wrapper command (wrap, then
+// the binary's path as its last argument), e.g. unshare(1) giving it a mount
+// namespace of its own. The wrapper must exec the binary, so that the
+// process is the sidecar's.
+func startWrapped(t testing.TB, env map[string]string, wrap []string) *sidecar {
+	t.Helper()
 	s := &sidecar{t: t, logs: &testutil.Buffer{}, done: make(chan struct{})}
 	if env["LISTEN_ADDR"] == "" {
 		env["LISTEN_ADDR"] = freeAddr(t)
@@ -107,6 +119,9 @@ func start(t testing.TB, env map[string]string) *sidecar {
 		s.env = append(s.env, k+"="+v)
 	}
 	s.cmd = exec.Command(binary)
+	if len(wrap) > 0 {
+		s.cmd = exec.Command(wrap[0], append(wrap[1:len(wrap):len(wrap)], binary)...)
+	}
 	s.cmd.Env = s.env
 	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
 	if err := s.cmd.Start(); err != nil {

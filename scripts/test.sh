@@ -9,6 +9,12 @@ need=()
 /usr/bin/python3 -c 'import websockets' 2>/dev/null || need+=(python3-websockets)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light) # bench/ compares against it
+# e2e/faults_test.go: network namespaces and veth pairs (ip), mount
+# namespaces (unshare), a loop device (mount -o loop) holding ext4.
+command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need+=(iproute2)
+command -v unshare >/dev/null || need+=(util-linux)
+command -v losetup >/dev/null || [ -x /usr/sbin/losetup ] || need+=(mount)
+command -v mkfs.ext4 >/dev/null || [ -x /usr/sbin/mkfs.ext4 ] || need+=(e2fsprogs)
 [ -x /usr/bin/redis-server ] || need+=(redis-server) # cluster mode: a real server, a real Redis Cluster
 [ -x /usr/bin/redis-sentinel ] || need+=(redis-sentinel)
 if ((${#need[@]})); then
@@ -31,6 +37,8 @@ if [ -n "$gofmt_out" ]; then
 fi
 go vet ./...
 go test -race -count=1 -timeout 14m "$@" ./...
+# The soak's short run (about 40 s; README, Tests): prints its figures, fails on growth or a wrong count.
+go run ./cmd/soak
 # The benchmark harness (its own module) at a tiny size, so it cannot rot.
 (cd bench && PATH="$PATH:/usr/sbin" WSBENCH_REQUIRE_NGINX=1 go test -count=1 ./...)
 # Memory and allocation figures are distorted by the race detector, so the
