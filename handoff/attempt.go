@@ -84,36 +84,13 @@ func (d *Deliverer) attempt(n store.Notification) attemptReport {
 	defer span.End()
 	var x exchange
 	if offID, dead := d.dead.offlineOf(n); dead {
-		x = exchange{verdict: Dead, reason: "its client.offline " + offID + " was dead-lettered; replay that one first, then this one"}
+		x = deadEpisodeExchange(offID)
 	} else {
 		x = d.post(ctx, n)
 	}
-	n.Attempts++
 	now := d.now()
-	lastErr := x.reason
-	if x.excerpt != "" {
-		lastErr += ": " + x.excerpt
-	}
-	verdict := x.verdict
-	var delay time.Duration
+	verdict, delay := d.settle(&n, &x, now)
 	var err error
-	switch verdict {
-	case Delivered:
-		n.DeliveredAt, n.LastStatus, n.LastError, n.NextAttemptAt = now, x.status, "", time.Time{}
-	case Retry:
-		delay = d.backoff(n.Attempts)
-		if x.retryAfter > delay {
-			delay = min(x.retryAfter, d.o.RetryMaxDelay)
-		}
-		n.NextAttemptAt, n.LastStatus, n.LastError = now.Add(delay), x.status, lastErr
-		if start := horizonStart(n); !start.IsZero() && n.NextAttemptAt.After(start.Add(d.o.RetryFor)) {
-			verdict = Dead
-			gaveUp := fmt.Sprintf("retry horizon %s reached after %d attempts; last: ", d.o.RetryFor, n.Attempts)
-			x.reason, n.LastError = gaveUp+x.reason, gaveUp+lastErr
-		}
-	case Dead:
-		n.LastStatus, n.LastError = x.status, lastErr
-	}
 	switch verdict {
 	case Delivered:
 		err = d.o.Store.Delivered(n)
@@ -128,6 +105,64 @@ func (d *Deliverer) attempt(n store.Notification) attemptReport {
 		}
 	}
 
+	d.record(ctx, span, n, x, verdict)
+
+	report := attemptReport{n: n, removed: verdict != Retry}
+	if err != nil {
+		// The scheduler's view and the store now disagree; it re-reads the
+		// outbox, and the hold keeps a failing store from turning into a
+		// resend loop.
+		report.storeFailed, report.holdUntil = true, now.Add(d.backoff(max(n.Attempts, 1)))
+		d.log.Error("handoff: recording the delivery outcome failed", zap.String("webhook_id", n.ID),
+			zap.String("outcome", string(verdict)), zap.Error(err))
+	}
+	d.observe(n, x, verdict, delay)
+	return report
+}
+
+// deadEpisodeExchange is the verdict on a return message whose episode's
+// /expire (webhook id offID) was dead-lettered: it follows it into the dead
+// letters unsent (docs/ARCHITECTURE.md, "Presence invariants" 3).
+func deadEpisodeExchange(offID string) exchange {
+	return exchange{verdict: Dead, reason: "its client.offline " + offID + " was dead-lettered; replay that one first, then this one"}
+}
+
+// settle applies the verdict rules to what the exchange x gave for n, for
+// both deliverers (embedded and cluster mode): it counts the attempt, stamps
+// n's status, error and next attempt time, chooses the delay (backoff with
+// jitter, or a longer Retry-After) and turns a retry past the retry horizon
+// into a dead letter (docs/ARCHITECTURE.md, "Delivery"). x.reason then says
+// why, as logged and observed.
+func (d *Deliverer) settle(n *store.Notification, x *exchange, now time.Time) (Result, time.Duration) {
+	n.Attempts++
+	lastErr := x.reason
+	if x.excerpt != "" {
+		lastErr += ": " + x.excerpt
+	}
+	verdict := x.verdict
+	var delay time.Duration
+	switch verdict {
+	case Delivered:
+		n.DeliveredAt, n.LastStatus, n.LastError, n.NextAttemptAt = now, x.status, "", time.Time{}
+	case Retry:
+		delay = d.backoff(n.Attempts)
+		if x.retryAfter > delay {
+			delay = min(x.retryAfter, d.o.RetryMaxDelay)
+		}
+		n.NextAttemptAt, n.LastStatus, n.LastError = now.Add(delay), x.status, lastErr
+		if start := horizonStart(*n); !start.IsZero() && n.NextAttemptAt.After(start.Add(d.o.RetryFor)) {
+			verdict = Dead
+			gaveUp := fmt.Sprintf("retry horizon %s reached after %d attempts; last: ", d.o.RetryFor, n.Attempts)
+			x.reason, n.LastError = gaveUp+x.reason, gaveUp+lastErr
+		}
+	case Dead:
+		n.LastStatus, n.LastError = x.status, lastErr
+	}
+	return verdict, delay
+}
+
+// record ends the attempt's span and logs the attempt.
+func (d *Deliverer) record(ctx context.Context, span trace.Span, n store.Notification, x exchange, verdict Result) {
 	d.endSpan(span, n, x, verdict)
 	fields := []zap.Field{
 		zap.String("session", n.SessionID), zap.String("bot", n.BotID), zap.String("kind", string(n.Kind)),
@@ -144,16 +179,10 @@ func (d *Deliverer) attempt(n store.Notification) attemptReport {
 	case Dead:
 		d.log.Error("handoff: notification dead-lettered", append(fields, zap.String("error", x.reason))...)
 	}
+}
 
-	report := attemptReport{n: n, removed: verdict != Retry}
-	if err != nil {
-		// The scheduler's view and the store now disagree; it re-reads the
-		// outbox, and the hold keeps a failing store from turning into a
-		// resend loop.
-		report.storeFailed, report.holdUntil = true, now.Add(d.backoff(max(n.Attempts, 1)))
-		d.log.Error("handoff: recording the delivery outcome failed", zap.String("webhook_id", n.ID),
-			zap.String("outcome", string(verdict)), zap.Error(err))
-	}
+// observe reports the attempt to Options.Observe.
+func (d *Deliverer) observe(n store.Notification, x exchange, verdict Result, delay time.Duration) {
 	if d.o.Observe != nil {
 		o := Outcome{ID: n.ID, SessionID: n.SessionID, BotID: n.BotID, Kind: n.Kind, Result: verdict,
 			Status: x.status, Latency: x.latency, Attempts: n.Attempts}
@@ -165,7 +194,6 @@ func (d *Deliverer) attempt(n store.Notification) attemptReport {
 		}
 		d.o.Observe(o)
 	}
-	return report
 }
 
 // endSpan records an attempt's verdict on its span.

@@ -94,6 +94,12 @@ func New(o Options) (*Deliverer, error) {
 	if o.Store == nil {
 		return nil, errors.New("handoff: no store")
 	}
+	return newDeliverer(o)
+}
+
+// newDeliverer is New without a store: cluster mode's deliverer keeps its
+// outbox in Redis (NewCluster) and uses the rest as it is.
+func newDeliverer(o Options) (*Deliverer, error) {
 	base, err := ParseBaseURL(o.URL)
 	if err != nil {
 		return nil, fmt.Errorf("handoff: URL: %w", err)

@@ -277,6 +277,15 @@ func (s *State) Claim(ctx context.Context, shard int, owner string, lease time.D
 	return out, nil
 }
 
+// DeadExpire is the webhook id of the dead-lettered /expire of l's episode,
+// for a lease flagged DeadEpisode: the deliverer names it in the return
+// message's dead letter, as the embedded deliverer does.
+func (s *State) DeadExpire(ctx context.Context, l Lease) (string, error) {
+	p := s.shardPrefix(l.Shard)
+	return s.c.Do(ctx, s.c.B().Hget().Key(p+"deadep").
+		Field(l.Note.SessionID+"\n"+strconv.FormatUint(l.Note.Episode, 10)).Build()).ToString()
+}
+
 // Outcome of a delivery attempt, as Ack records it.
 type Outcome string
 

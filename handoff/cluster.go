@@ -1,0 +1,266 @@
+package handoff
+
+// The deliverer of cluster mode: the outbox is Redis's per-session queues
+// (presence/cluster), shared by every replica. A replica leases only queue
+// heads, with a TTL and a fencing token, so a session's notifications go out
+// one at a time, oldest first, and a dead replica's heads are taken over once
+// its leases lapse (docs/ARCHITECTURE.md, "Cluster mode", "Outbox takeover
+// without reordering"). Each attempt is the embedded deliverer's: the same
+// request, signature, verdict rules, backoff, Retry-After, retry horizon,
+// logs, span and Outcome; only where its result is recorded differs.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+	"go.uber.org/zap"
+
+	"github.com/presence-sidecar/presence-sidecar/presence/cluster"
+	"github.com/presence-sidecar/presence-sidecar/store"
+	"github.com/presence-sidecar/presence-sidecar/tracectx"
+)
+
+const (
+	// ClusterLeaseSlack is how much longer than one attempt (Timeout) a head's
+	// lease must last: it covers the claim's and the acknowledgement's round
+	// trips and a pause, so that a live deliverer never loses its lease
+	// mid-attempt and a head is only ever sent twice when a deliverer died or
+	// stalled (docs/ARCHITECTURE.md, "Delivery": at least once).
+	ClusterLeaseSlack = 5 * time.Second
+	// claimInterval is how often every shard is asked for due heads: Redis
+	// has no way to wake a replica when another one queued a notification
+	// or a retry became due.
+	claimInterval = 200 * time.Millisecond
+	// redisTimeout bounds one acknowledgement or lookup; well inside the slack.
+	redisTimeout = 2 * time.Second
+)
+
+// ClusterDeliverer sends cluster mode's shared outbox. Create it with
+// NewCluster and run it with Run; any number of replicas may run one each.
+type ClusterDeliverer struct {
+	d       *Deliverer // the attempt machinery; its Store is unused
+	st      *cluster.State
+	owner   string
+	lease   time.Duration
+	wake    chan struct{}
+	running atomic.Bool
+}
+
+// NewCluster returns a deliverer of st's outbox for owner (this replica's id,
+// unique in the cluster). o is validated as by New, except that o.Store is not
+// used. lease is how long a claimed head stays this deliverer's; zero takes
+// Timeout + ClusterLeaseSlack, and a shorter one is refused.
+func NewCluster(o Options, st *cluster.State, owner string, lease time.Duration) (*ClusterDeliverer, error) {
+	if st == nil {
+		return nil, errors.New("handoff: no cluster state")
+	}
+	if owner == "" {
+		return nil, errors.New("handoff: no owner: want this replica's id")
+	}
+	d, err := newDeliverer(o)
+	if err != nil {
+		return nil, err
+	}
+	least := d.o.Timeout + ClusterLeaseSlack
+	if lease == 0 {
+		lease = least
+	}
+	if lease < least {
+		return nil, fmt.Errorf("handoff: lease %s: want at least Timeout (%s) + %s, so that a live deliverer never loses its lease mid-attempt",
+			lease, d.o.Timeout, ClusterLeaseSlack)
+	}
+	return &ClusterDeliverer{d: d, st: st, owner: owner, lease: lease, wake: make(chan struct{}, 1)}, nil
+}
+
+// Wake tells Run that this replica queued notifications. It never blocks.
+func (c *ClusterDeliverer) Wake() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// clusterDone is what an attempt hands back to Run.
+type clusterDone struct {
+	shard int
+	sid   string
+}
+
+// Run claims and delivers due heads until ctx ends, then waits for the
+// attempts it started (each bounded by Timeout, and acknowledged) and returns
+// nil. At most Concurrency attempts run at once.
+func (c *ClusterDeliverer) Run(ctx context.Context) error {
+	if !c.running.CompareAndSwap(false, true) {
+		return errors.New("handoff: Run is already running")
+	}
+	defer c.running.Store(false)
+	d := c.d
+	if d.ownClient {
+		defer d.client.CloseIdleConnections()
+	}
+	done := make(chan clusterDone, d.o.Concurrency) // never blocks: at most Concurrency attempts run
+	inflight := map[string]struct{}{}               // session ids with an attempt running here
+	var attempts sync.WaitGroup
+	var failBO time.Duration // backoff between failing claims
+	var retryAt time.Time
+	first := 0 // the shard a sweep starts at, rotated so none is favoured when slots are few
+
+	// claim leases due heads of shard for the free slots and starts their
+	// attempts; false when Redis failed.
+	claim := func(shard int) bool {
+		free := d.o.Concurrency - len(inflight)
+		if free <= 0 {
+			return true
+		}
+		leases, err := c.st.Claim(ctx, shard, c.owner, c.lease, free)
+		for _, l := range leases {
+			sid := l.Note.SessionID
+			if _, busy := inflight[sid]; busy {
+				// Our earlier lease of this session lapsed while its attempt
+				// still runs; sending again now could reorder. Leave the new
+				// lease to lapse.
+				d.log.Warn("handoff: a head was claimed while its session's attempt still runs", zap.String("session", sid),
+					zap.String("webhook_id", l.Note.ID))
+				continue
+			}
+			inflight[sid] = struct{}{}
+			attempts.Go(func() {
+				c.attempt(l)
+				done <- clusterDone{shard: l.Shard, sid: sid}
+			})
+		}
+		if err != nil && ctx.Err() == nil {
+			failBO = min(max(2*failBO, d.o.FirstRetry), min(d.o.RetryMaxDelay, 30*time.Second))
+			retryAt = time.Now().Add(failBO)
+			d.log.Error("handoff: claiming due notifications failed", zap.Int("shard", shard), zap.Error(err),
+				zap.Duration("retry_in", failBO))
+			return false
+		}
+		return true
+	}
+	sweep := func() {
+		if ctx.Err() != nil || time.Now().Before(retryAt) {
+			return
+		}
+		for i := range cluster.Shards {
+			if len(inflight) >= d.o.Concurrency || !claim((first+i)%cluster.Shards) {
+				break
+			}
+		}
+		first = (first + 1) % cluster.Shards
+		if time.Now().After(retryAt) {
+			failBO = 0
+		}
+	}
+
+	ticker := time.NewTicker(claimInterval)
+	defer ticker.Stop()
+	sweep()
+	for {
+		select {
+		case <-ctx.Done():
+			attempts.Wait()
+			return nil
+		case r := <-done:
+			// A delivered head makes the session's next one due at once: look
+			// at the shards that just finished before the next sweep.
+			shards := map[int]struct{}{r.shard: {}}
+			delete(inflight, r.sid)
+			for drained := false; !drained; {
+				select {
+				case r := <-done:
+					delete(inflight, r.sid)
+					shards[r.shard] = struct{}{}
+				default:
+					drained = true
+				}
+			}
+			if ctx.Err() == nil && !time.Now().Before(retryAt) {
+				for shard := range shards {
+					if !claim(shard) {
+						break
+					}
+				}
+			}
+		case <-c.wake:
+			sweep()
+		case <-ticker.C:
+			sweep()
+		}
+	}
+}
+
+// attempt makes one attempt for the leased head l and acknowledges what came
+// of it. A refused acknowledgement means the lease lapsed and another
+// deliverer owns the head: what this attempt did is then dropped, the head
+// stays theirs (docs/ARCHITECTURE.md, "Cluster mode").
+func (c *ClusterDeliverer) attempt(l cluster.Lease) {
+	d := c.d
+	n := clusterNotification(l.Note)
+	ctx, span := tracectx.Start(tracectx.WithRemote(context.Background(), n.TraceParent), d.tracer,
+		"handoff.deliver", trace.WithSpanKind(trace.SpanKindClient))
+	defer span.End()
+	var x exchange
+	if l.DeadEpisode {
+		lctx, cancel := context.WithTimeout(ctx, redisTimeout)
+		offID, err := c.st.DeadExpire(lctx, l)
+		cancel()
+		if err != nil {
+			offID = "(id unknown)"
+		}
+		x = deadEpisodeExchange(offID)
+	} else {
+		x = d.post(ctx, n)
+	}
+	verdict, delay := d.settle(&n, &x, d.now())
+
+	note := l.Note
+	note.Attempts, note.LastError, note.LastStatus = n.Attempts, n.LastError, n.LastStatus
+	outcome, next := cluster.Delivered, time.Time{}
+	switch verdict {
+	case Retry:
+		outcome, next = cluster.Retry, n.NextAttemptAt
+	case Dead:
+		outcome = cluster.Dead
+	}
+	actx, cancel := context.WithTimeout(context.Background(), redisTimeout)
+	ok, err := c.st.Ack(actx, l, outcome, note, next)
+	cancel()
+
+	d.record(ctx, span, n, x, verdict)
+	switch {
+	case err != nil:
+		// The lease lapses and the head is attempted again, with the same
+		// webhook-id: at least once.
+		d.log.Error("handoff: recording the delivery outcome failed", zap.String("webhook_id", n.ID),
+			zap.String("outcome", string(verdict)), zap.Error(err))
+	case !ok:
+		d.log.Warn("handoff: lease lost before the outcome was recorded; another deliverer owns the head now",
+			zap.String("webhook_id", n.ID), zap.String("session", n.SessionID), zap.String("outcome", string(verdict)))
+	}
+	d.observe(n, x, verdict, delay)
+}
+
+// clusterNotification is n as the embedded outbox holds a notification, so
+// that rendering and signing are the same in both modes. Its decision time is
+// also its creation, where the retry horizon starts.
+func clusterNotification(n cluster.Note) store.Notification {
+	at := unixMilli(n.At)
+	return store.Notification{ID: n.ID, Kind: store.Kind(n.Kind), SessionID: n.SessionID, BotID: n.BotID,
+		Episode: n.Episode, Reason: n.Reason, Text: n.Text, LastSeenAt: unixMilli(n.LastSeen),
+		OfflineSince: unixMilli(n.Since), DetectedAt: at, TraceParent: n.Trace, CreatedAt: at,
+		Attempts: n.Attempts, LastError: n.LastError, LastStatus: n.LastStatus}
+}
+
+// unixMilli is ms as a time; zero stays the zero time.
+func unixMilli(ms int64) time.Time {
+	if ms == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms).UTC()
+}
