@@ -20,8 +20,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
-	"github.com/presence-sidecar/presence-sidecar/presence/cluster"
 	"github.com/presence-sidecar/presence-sidecar/store"
+	"github.com/presence-sidecar/presence-sidecar/store/redisstate"
 	"github.com/presence-sidecar/presence-sidecar/tracectx"
 )
 
@@ -44,7 +44,7 @@ const (
 // NewCluster and run it with Run; any number of replicas may run one each.
 type ClusterDeliverer struct {
 	d       *Deliverer // the attempt machinery; its Store is unused
-	st      *cluster.State
+	st      *redisstate.State
 	owner   string
 	lease   time.Duration
 	wake    chan struct{}
@@ -55,7 +55,7 @@ type ClusterDeliverer struct {
 // unique in the cluster). o is validated as by New, except that o.Store is not
 // used. lease is how long a claimed head stays this deliverer's; zero takes
 // Timeout + ClusterLeaseSlack, and a shorter one is refused.
-func NewCluster(o Options, st *cluster.State, owner string, lease time.Duration) (*ClusterDeliverer, error) {
+func NewCluster(o Options, st *redisstate.State, owner string, lease time.Duration) (*ClusterDeliverer, error) {
 	if st == nil {
 		return nil, errors.New("handoff: no cluster state")
 	}
@@ -147,12 +147,12 @@ func (c *ClusterDeliverer) Run(ctx context.Context) error {
 		if ctx.Err() != nil || time.Now().Before(retryAt) {
 			return
 		}
-		for i := range cluster.Shards {
-			if len(inflight) >= d.o.Concurrency || !claim((first+i)%cluster.Shards) {
+		for i := range redisstate.Shards {
+			if len(inflight) >= d.o.Concurrency || !claim((first+i)%redisstate.Shards) {
 				break
 			}
 		}
-		first = (first + 1) % cluster.Shards
+		first = (first + 1) % redisstate.Shards
 		if time.Now().After(retryAt) {
 			failBO = 0
 		}
@@ -199,7 +199,7 @@ func (c *ClusterDeliverer) Run(ctx context.Context) error {
 // of it. A refused acknowledgement means the lease lapsed and another
 // deliverer owns the head: what this attempt did is then dropped, the head
 // stays theirs (docs/ARCHITECTURE.md, "Cluster mode").
-func (c *ClusterDeliverer) attempt(l cluster.Lease) {
+func (c *ClusterDeliverer) attempt(l redisstate.Lease) {
 	d := c.d
 	n := clusterNotification(l.Note)
 	ctx, span := tracectx.Start(tracectx.WithRemote(context.Background(), n.TraceParent), d.tracer,
@@ -221,12 +221,12 @@ func (c *ClusterDeliverer) attempt(l cluster.Lease) {
 
 	note := l.Note
 	note.Attempts, note.LastError, note.LastStatus = n.Attempts, n.LastError, n.LastStatus
-	outcome, next := cluster.Delivered, time.Time{}
+	outcome, next := redisstate.Delivered, time.Time{}
 	switch verdict {
 	case Retry:
-		outcome, next = cluster.Retry, n.NextAttemptAt
+		outcome, next = redisstate.Retry, n.NextAttemptAt
 	case Dead:
-		outcome = cluster.Dead
+		outcome = redisstate.Dead
 	}
 	actx, cancel := context.WithTimeout(context.Background(), redisTimeout)
 	ok, err := c.st.Ack(actx, l, outcome, note, next)
@@ -249,7 +249,7 @@ func (c *ClusterDeliverer) attempt(l cluster.Lease) {
 // clusterNotification is n as the embedded outbox holds a notification, so
 // that rendering and signing are the same in both modes. Its decision time is
 // also its creation, where the retry horizon starts.
-func clusterNotification(n cluster.Note) store.Notification {
+func clusterNotification(n redisstate.Note) store.Notification {
 	at := unixMilli(n.At)
 	return store.Notification{ID: n.ID, Kind: store.Kind(n.Kind), SessionID: n.SessionID, BotID: n.BotID,
 		Episode: n.Episode, Reason: n.Reason, Text: n.Text, LastSeenAt: unixMilli(n.LastSeen),

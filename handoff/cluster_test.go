@@ -17,7 +17,7 @@ import (
 
 	"github.com/presence-sidecar/presence-sidecar/internal/testutil"
 	"github.com/presence-sidecar/presence-sidecar/internal/testutil/redistest"
-	"github.com/presence-sidecar/presence-sidecar/presence/cluster"
+	"github.com/presence-sidecar/presence-sidecar/store/redisstate"
 )
 
 // clusterInterval is the sessions' interval: deadlines are decided by
@@ -26,7 +26,7 @@ const clusterInterval = 300 * time.Millisecond
 
 // clusterDeployments runs fn against a single redis-server and a 3-master
 // Redis Cluster, as presence/cluster's tests do.
-func clusterDeployments(t *testing.T, fn func(t *testing.T, st *cluster.State)) {
+func clusterDeployments(t *testing.T, fn func(t *testing.T, st *redisstate.State)) {
 	t.Run("single", func(t *testing.T) {
 		srv := redistest.Start(t)
 		fn(t, newClusterState(t, []string{srv.Addr}))
@@ -37,22 +37,22 @@ func clusterDeployments(t *testing.T, fn func(t *testing.T, st *cluster.State)) 
 	})
 }
 
-func newClusterState(t *testing.T, addrs []string) *cluster.State {
+func newClusterState(t *testing.T, addrs []string) *redisstate.State {
 	t.Helper()
 	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: addrs, DisableCache: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	return cluster.New(c, cluster.Options{Prefix: "test:", ForgetAfter: time.Hour})
+	return redisstate.New(c, redisstate.Options{Prefix: "test:", ForgetAfter: time.Hour})
 }
 
 // queueEpisodes makes each session absent and back, as replicas report it,
 // so that its /expire and then its return message are queued.
-func queueEpisodes(t *testing.T, st *cluster.State, sids ...string) {
+func queueEpisodes(t *testing.T, st *redisstate.State, sids ...string) {
 	t.Helper()
 	ctx := context.Background()
-	ev := cluster.Event{Bot: "bot-1", Mode: cluster.Mode{Interval: clusterInterval}, HandedOver: true, ReturnText: "voltou"}
+	ev := redisstate.Event{Bot: "bot-1", Mode: redisstate.Mode{Interval: clusterInterval}, HandedOver: true, ReturnText: "voltou"}
 	conns := func(count int) {
 		for _, sid := range sids {
 			if _, _, err := st.Conns(ctx, sid, "A", count, ev); err != nil {
@@ -64,7 +64,7 @@ func queueEpisodes(t *testing.T, st *cluster.State, sids ...string) {
 	conns(0)
 	decided := 0
 	testutil.Eventually(t, 10*time.Second, "the absences to be decided", func() bool {
-		for n := range cluster.Shards {
+		for n := range redisstate.Shards {
 			d, err := st.Fire(ctx, n, 100)
 			if err != nil {
 				t.Fatalf("Fire shard %d: %v", n, err)
@@ -77,17 +77,17 @@ func queueEpisodes(t *testing.T, st *cluster.State, sids ...string) {
 }
 
 // queueAbsence queues only an /expire for each session.
-func queueAbsence(t *testing.T, st *cluster.State, sids ...string) {
+func queueAbsence(t *testing.T, st *redisstate.State, sids ...string) {
 	t.Helper()
 	ctx := context.Background()
-	ev := cluster.Event{Bot: "bot-1", Mode: cluster.Mode{Interval: clusterInterval}, HandedOver: true}
+	ev := redisstate.Event{Bot: "bot-1", Mode: redisstate.Mode{Interval: clusterInterval}, HandedOver: true}
 	for _, sid := range sids {
 		st.Conns(ctx, sid, "A", 1, ev)
 		st.Conns(ctx, sid, "A", 0, ev)
 	}
 	decided := 0
 	testutil.Eventually(t, 10*time.Second, "the absences to be decided", func() bool {
-		for n := range cluster.Shards {
+		for n := range redisstate.Shards {
 			d, _ := st.Fire(ctx, n, 100)
 			decided += len(d)
 		}
@@ -97,7 +97,7 @@ func queueAbsence(t *testing.T, st *cluster.State, sids ...string) {
 
 // runCluster starts a ClusterDeliverer; stop ends it and waits for Run to
 // return (also at cleanup).
-func runCluster(t *testing.T, o Options, st *cluster.State, owner string) (c *ClusterDeliverer, stop func()) {
+func runCluster(t *testing.T, o Options, st *redisstate.State, owner string) (c *ClusterDeliverer, stop func()) {
 	t.Helper()
 	c, err := NewCluster(o, st, owner, 0)
 	if err != nil {
@@ -149,10 +149,10 @@ func sessionOf(t *testing.T, r received) string {
 }
 
 // leftQueued claims whatever is still due, to show that nothing is.
-func leftQueued(t *testing.T, st *cluster.State) int {
+func leftQueued(t *testing.T, st *redisstate.State) int {
 	t.Helper()
 	n := 0
-	for shard := range cluster.Shards {
+	for shard := range redisstate.Shards {
 		l, err := st.Claim(context.Background(), shard, "checker", time.Minute, 100)
 		if err != nil {
 			t.Fatal(err)
@@ -203,7 +203,7 @@ func sessionIDs(prefix string, n int) []string {
 // Notifications queued by the cluster's scripts are delivered once each, in
 // order per session, signed, with the derived webhook-ids.
 func TestClusterDeliversOnceInOrder(t *testing.T) {
-	clusterDeployments(t, func(t *testing.T, st *cluster.State) {
+	clusterDeployments(t, func(t *testing.T, st *redisstate.State) {
 		p := newPlatform(t, nil)
 		o := clusterOptions(p.URL, nil)
 		o.Concurrency = 4
@@ -227,7 +227,7 @@ func TestClusterDeliversOnceInOrder(t *testing.T) {
 // Two deliverers sharing the outbox deliver each notification once, and
 // each session's in order.
 func TestClusterTwoDeliverersShareTheOutbox(t *testing.T) {
-	clusterDeployments(t, func(t *testing.T, st *cluster.State) {
+	clusterDeployments(t, func(t *testing.T, st *redisstate.State) {
 		p := newPlatform(t, nil)
 		var obsA, obsB outcomes
 		oa, ob := clusterOptions(p.URL, &obsA), clusterOptions(p.URL, &obsB)
@@ -252,7 +252,7 @@ func TestClusterTwoDeliverersShareTheOutbox(t *testing.T) {
 // same webhook-id; the first's late acknowledgement is refused and changes
 // nothing.
 func TestClusterTakeoverAfterTheLease(t *testing.T) {
-	clusterDeployments(t, func(t *testing.T, st *cluster.State) {
+	clusterDeployments(t, func(t *testing.T, st *redisstate.State) {
 		release := make(chan struct{})
 		defer close(release)
 		p := newPlatform(t, func(w http.ResponseWriter, r *http.Request, _ received, i int) {
@@ -300,7 +300,7 @@ func TestClusterTakeoverAfterTheLease(t *testing.T) {
 // webhook-id, the attempts counted in Redis; a 422 dead-letters the /expire,
 // and its episode's return message follows it unsent.
 func TestClusterRetryAndDeadLetter(t *testing.T) {
-	clusterDeployments(t, func(t *testing.T, st *cluster.State) {
+	clusterDeployments(t, func(t *testing.T, st *redisstate.State) {
 		var flakyCalls atomic.Int32
 		p := newPlatform(t, func(w http.ResponseWriter, r *http.Request, got received, i int) {
 			switch sessionOf(t, got) {
@@ -383,7 +383,7 @@ func ids(rs []received) []string {
 // A lease that an attempt could outlast is refused; zero takes Timeout plus
 // the slack.
 func TestNewClusterLease(t *testing.T) {
-	st := cluster.New(nil, cluster.Options{})
+	st := redisstate.New(nil, redisstate.Options{})
 	o := Options{URL: "http://platform", Timeout: 2 * time.Second}
 	if _, err := NewCluster(o, st, "r", 6*time.Second); err == nil || !strings.Contains(err.Error(), "lease") {
 		t.Fatalf("a lease shorter than Timeout + slack: %v", err)

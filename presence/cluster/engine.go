@@ -1,3 +1,7 @@
+// Package cluster is the presence engine of cluster mode: one per replica,
+// it feeds the proxy's events to the shared state in Redis (store/redisstate,
+// where every decision is made by a script) and sweeps the deadlines there
+// (docs/ARCHITECTURE.md, "Cluster mode").
 package cluster
 
 import (
@@ -13,6 +17,7 @@ import (
 	"github.com/presence-sidecar/presence-sidecar/presence"
 	"github.com/presence-sidecar/presence-sidecar/presence/rules"
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
+	"github.com/presence-sidecar/presence-sidecar/store/redisstate"
 )
 
 // callTimeout bounds each call to Redis: an engine whose Redis hangs sees
@@ -21,7 +26,7 @@ const callTimeout = 2 * time.Second
 
 // EngineOptions configure an Engine.
 type EngineOptions struct {
-	State   *State
+	State   *redisstate.State
 	Replica string        // this process's id in the registry; unique per process
 	Lease   time.Duration // REDIS_LEASE_TTL: a replica not heard of this long is dead
 
@@ -276,7 +281,7 @@ func (e *Engine) writeLoop(ctx context.Context) {
 // (those are dirty again).
 func (e *Engine) writeDirty(ctx context.Context) (failed bool) {
 	woke := false
-	for n := range Shards {
+	for n := range redisstate.Shards {
 		for _, p := range e.ledger.take(n) {
 			queued, err := e.write(ctx, p)
 			if err != nil {
@@ -303,7 +308,7 @@ func (e *Engine) write(ctx context.Context, p pending) (queued bool, err error) 
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	set := e.o.Settings(p.bot)
-	ev := Event{Bot: p.bot, Mode: Mode{Activity: set.Mode == presence.ModeActivity, Interval: set.CheckInterval},
+	ev := redisstate.Event{Bot: p.bot, Mode: redisstate.Mode{Activity: set.Mode == presence.ModeActivity, Interval: set.CheckInterval},
 		HandedOver: e.o.Detect.Always, ReturnText: set.ReturnText(), TraceParent: p.trace}
 	if p.handoff != 0 {
 		if _, err := e.o.State.Handoff(ctx, p.sid, p.bot, p.handoff > 0); err != nil {
@@ -327,7 +332,7 @@ func (e *Engine) write(ctx context.Context, p pending) (queued bool, err error) 
 	return queued, nil
 }
 
-func (e *Engine) noteSign(sid string, sg Sign) bool {
+func (e *Engine) noteSign(sid string, sg redisstate.Sign) bool {
 	if sg.Returned {
 		e.counts.returned.Add(1)
 		e.log.Info("presence: client back", zap.String("session", sid), zap.Uint64("episode", sg.Episode),
@@ -386,7 +391,7 @@ func (e *Engine) registryRound(parent context.Context) {
 			// Our lease lapsed (or Redis lost it): survivors may have reaped
 			// us or may yet; reap ourselves (idempotent), then say again what
 			// we hold.
-			if _, err := e.o.State.ReapReplica(ctx, LapsedReplica{ID: e.o.Replica}); err != nil {
+			if _, err := e.o.State.ReapReplica(ctx, redisstate.LapsedReplica{ID: e.o.Replica}); err != nil {
 				e.redisFailed(err)
 			} else {
 				e.counts.reasserts.Add(1)
@@ -435,7 +440,7 @@ func (e *Engine) sweep(parent context.Context) (woke bool) {
 	ctx, cancel := context.WithTimeout(parent, callTimeout)
 	defer cancel()
 	{
-		for n := range Shards {
+		for n := range redisstate.Shards {
 			ds, err := e.o.State.Fire(ctx, n, 500)
 			if err != nil {
 				e.redisFailed(err)

@@ -10,14 +10,46 @@ import (
 	"github.com/presence-sidecar/presence-sidecar/presence"
 	"github.com/presence-sidecar/presence-sidecar/presence/rules"
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
+	"github.com/presence-sidecar/presence-sidecar/store/redisstate"
+	"github.com/redis/rueidis"
 )
 
-const lease = 600 * time.Millisecond
+const (
+	lease    = 600 * time.Millisecond
+	interval = 300 * time.Millisecond // deadlines run on Redis's clock: the tests wait for it
+)
+
+func newState(t *testing.T, addrs []string) *redisstate.State {
+	t.Helper()
+	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: addrs, DisableCache: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return redisstate.New(c, redisstate.Options{Prefix: "test:", ForgetAfter: time.Hour})
+}
+
+// queuedNotes leases every due queue head for a minute (so each is seen
+// once) and returns them.
+func queuedNotes(t *testing.T, s *redisstate.State) []redisstate.Note {
+	t.Helper()
+	var out []redisstate.Note
+	for n := range redisstate.Shards {
+		l, err := s.Claim(context.Background(), n, "observer", time.Minute, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range l {
+			out = append(out, x.Note)
+		}
+	}
+	return out
+}
 
 var transfer = []byte(`{"action":"end_conversation","data":{"isTransfer":true}}`)
 
 // replica runs an Engine as replica id over s until the test ends.
-func replica(t *testing.T, s *State, id string) *Engine {
+func replica(t *testing.T, s *redisstate.State, id string) *Engine {
 	t.Helper()
 	e, err := NewEngine(EngineOptions{
 		State: s, Replica: id, Lease: lease, Sweep: 50 * time.Millisecond,
@@ -37,15 +69,6 @@ func replica(t *testing.T, s *State, id string) *Engine {
 	return e
 }
 
-func queuedNotes(t *testing.T, s *State) []Note {
-	t.Helper()
-	var out []Note
-	for _, l := range claimAll(t, s, "observer", time.Minute) {
-		out = append(out, l.Note)
-	}
-	return out
-}
-
 // Through two engines: a handed-over client that moves from A to B inside
 // the interval produces nothing; once it leaves B, one /expire is queued.
 func TestEnginesShareOneTruth(t *testing.T) {
@@ -63,7 +86,7 @@ func TestEnginesShareOneTruth(t *testing.T) {
 		t.Fatalf("a move between replicas was notified: %+v", n)
 	}
 	b.ConnClosed(7, event.CloseClientGone)
-	var got []Note
+	var got []redisstate.Note
 	testutil.Eventually(t, 10*time.Second, "the /expire", func() bool {
 		got = append(got, queuedNotes(t, s)...)
 		return len(got) > 0

@@ -3,6 +3,8 @@ package cluster
 import (
 	"sync"
 	"time"
+
+	"github.com/presence-sidecar/presence-sidecar/store/redisstate"
 )
 
 // The ledger is what one replica knows that Redis must hear: per session,
@@ -14,7 +16,7 @@ import (
 // retried, and after Redis was away (or came back empty) the whole ledger
 // is replayed as it stands.
 type ledger struct {
-	shards [Shards]ledgerShard
+	shards [redisstate.Shards]ledgerShard
 	kick   chan struct{} // capacity 1: "something is dirty"
 }
 
@@ -50,7 +52,7 @@ func newLedger() *ledger {
 // update runs fn on sid's entry (created if missing) under its shard's lock,
 // marks it dirty and kicks the writer.
 func (l *ledger) update(sid string, fn func(e *entry)) {
-	sh := &l.shards[ShardOf(sid)]
+	sh := &l.shards[redisstate.ShardOf(sid)]
 	sh.mu.Lock()
 	e := sh.sessions[sid]
 	if e == nil {

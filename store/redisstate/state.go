@@ -1,8 +1,12 @@
-// Package cluster is the presence state of cluster mode: several sidecar
+// Package redisstate is the state of cluster mode in Redis: several sidecar
 // replicas share one truth in Redis (a single instance, a Redis Cluster, or
 // a primary watched by Sentinel), and every decision is made inside Redis by
 // a Lua script that checks and changes a session's state atomically, with
 // Redis's own clock (docs/ARCHITECTURE.md, "Cluster mode").
+//
+// It is the bottom layer both stages of cluster mode use: the presence
+// engine (presence/cluster) states connections and sweeps deadlines through
+// it, the deliverer (handoff) leases and acknowledges queue heads.
 //
 // State is the typed face of those scripts (lua/*.lua, each prefixed with
 // lua/prelude.lua). Key layout, for prefix P and shard N (a hash of the
@@ -18,7 +22,7 @@
 //	P{N}:fence       int    fencing tokens of the shard's leases
 //	P{N}:dead        list   dead letters; P{N}:deadep hash: episodes whose /expire died
 //	P{N}:recent      list   the last delivered or dead notifications
-package cluster
+package redisstate
 
 import (
 	"context"
@@ -143,7 +147,7 @@ func sign(v []int64, err error) (Sign, error) {
 		return Sign{}, err
 	}
 	if len(v) != 3 {
-		return Sign{}, fmt.Errorf("cluster: unexpected script reply %v", v)
+		return Sign{}, fmt.Errorf("redisstate: unexpected script reply %v", v)
 	}
 	return Sign{Returned: v[0] == 1, Episode: uint64(v[1]), Queued: v[2] == 1}, nil
 }
@@ -171,7 +175,7 @@ func (s *State) Conns(ctx context.Context, sid, replica string, count int, e Eve
 		return Sign{}, 0, err
 	}
 	if len(v) != 4 {
-		return Sign{}, 0, fmt.Errorf("cluster: unexpected script reply %v", v)
+		return Sign{}, 0, fmt.Errorf("redisstate: unexpected script reply %v", v)
 	}
 	sg, _ := sign(v[:3], nil)
 	return sg, v[3], nil
@@ -270,7 +274,7 @@ func (s *State) Claim(ctx context.Context, shard int, owner string, lease time.D
 		dead, _ := v[i+3].AsInt64()
 		l := Lease{Shard: shard, Token: owner + "/" + strconv.FormatInt(token, 10), DeadEpisode: dead == 1}
 		if err := json.Unmarshal([]byte(head), &l.Note); err != nil {
-			return out, fmt.Errorf("cluster: a queued notification does not decode: %w", err)
+			return out, fmt.Errorf("redisstate: a queued notification does not decode: %w", err)
 		}
 		out = append(out, l)
 	}
@@ -378,7 +382,7 @@ func (s *State) Bots(ctx context.Context) (map[string]store.BotSettings, error) 
 	for id, v := range m {
 		var b store.BotSettings
 		if err := json.Unmarshal([]byte(v), &b); err != nil {
-			return nil, fmt.Errorf("cluster: settings of bot %q do not decode: %w", id, err)
+			return nil, fmt.Errorf("redisstate: settings of bot %q do not decode: %w", id, err)
 		}
 		out[id] = b
 	}
