@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha1"
 	"encoding/hex"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -389,5 +390,39 @@ func TestWebhookIDsAreDerived(t *testing.T) {
 	s.Conns(ctx, "w", "A", 1, ev)
 	if inc2, _ := srv.Do("HGET", key, "inc"); inc2 == inc {
 		t.Fatalf("a session made again has the old creation time %s", inc)
+	}
+}
+
+// A claim looks past heads other deliverers hold: with six sessions of one
+// shard due and three leased by X, Y's claim of three gets the other three.
+func TestClaimLooksPastHeldHeads(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newState(t, []string{srv.Addr})
+	ctx := context.Background()
+	var sids []string
+	for i := 0; len(sids) < 6; i++ {
+		if sid := fmt.Sprintf("same-shard-%d", i); ShardOf(sid) == 0 {
+			sids = append(sids, sid)
+		}
+	}
+	ev := Event{Mode: connMode, HandedOver: true}
+	for _, sid := range sids {
+		s.Conns(ctx, sid, "A", 1, ev)
+		s.Conns(ctx, sid, "A", 0, ev)
+	}
+	if d := settle(t, s); len(d) != 6 {
+		t.Fatalf("decisions: %d, want 6", len(d))
+	}
+	x := must[[]Lease](t)(s.Claim(ctx, 0, "X", time.Minute, 3))
+	y := must[[]Lease](t)(s.Claim(ctx, 0, "Y", time.Minute, 3))
+	if len(x) != 3 || len(y) != 3 {
+		t.Fatalf("X leased %d, Y leased %d; want 3 each", len(x), len(y))
+	}
+	seen := map[string]bool{}
+	for _, l := range append(x, y...) {
+		if seen[l.Note.SessionID] {
+			t.Fatalf("session %s leased twice", l.Note.SessionID)
+		}
+		seen[l.Note.SessionID] = true
 	}
 }

@@ -9,9 +9,13 @@
 -- dead (1/0: a return message whose /expire was dead-lettered) per lease.
 local p, owner, leasems, limit = ARGV[1], ARGV[2], num(ARGV[3]), num(ARGV[4])
 local now = now_ms()
-local ready = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
+-- Heads leased by other deliverers stay in the ready set until acked, so
+-- the window looks past them (four times the limit, a bounded cost) and the
+-- limit counts only what this call leases.
+local ready = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit * 4)
 local out = {}
 for _, sid in ipairs(ready) do
+  if #out >= limit * 4 then break end
   local lease = p .. 'lease:' .. sid
   if redis.call('EXISTS', lease) == 0 then
     local head = redis.call('LINDEX', p .. 'q:' .. sid, 0)
