@@ -1,7 +1,7 @@
 package handoff
 
 // The deliverer of cluster mode: the outbox is Redis's per-session queues
-// (presence/cluster), shared by every replica. A replica leases only queue
+// (store/redisstate), shared by every replica. A replica leases only queue
 // heads, with a TTL and a fencing token, so a session's notifications go out
 // one at a time, oldest first, and a dead replica's heads are taken over once
 // its leases lapse (docs/ARCHITECTURE.md, "Cluster mode", "Outbox takeover
@@ -36,8 +36,6 @@ const (
 	// has no way to wake a replica when another one queued a notification
 	// or a retry became due.
 	claimInterval = 200 * time.Millisecond
-	// redisTimeout bounds one acknowledgement or lookup; well inside the slack.
-	redisTimeout = 2 * time.Second
 )
 
 // ClusterDeliverer sends cluster mode's shared outbox. Create it with
@@ -207,7 +205,7 @@ func (c *ClusterDeliverer) attempt(l redisstate.Lease) {
 	defer span.End()
 	var x exchange
 	if l.DeadEpisode {
-		lctx, cancel := context.WithTimeout(ctx, redisTimeout)
+		lctx, cancel := context.WithTimeout(ctx, redisstate.CallTimeout)
 		offID, err := c.st.DeadExpire(lctx, l)
 		cancel()
 		if err != nil {
@@ -228,7 +226,7 @@ func (c *ClusterDeliverer) attempt(l redisstate.Lease) {
 	case Dead:
 		outcome = redisstate.Dead
 	}
-	actx, cancel := context.WithTimeout(context.Background(), redisTimeout)
+	actx, cancel := context.WithTimeout(context.Background(), redisstate.CallTimeout)
 	ok, err := c.st.Ack(actx, l, outcome, note, next)
 	cancel()
 

@@ -25,7 +25,7 @@ import (
 const clusterInterval = 300 * time.Millisecond
 
 // clusterDeployments runs fn against a single redis-server and a 3-master
-// Redis Cluster, as presence/cluster's tests do.
+// Redis Cluster, as store/redisstate's tests do.
 func clusterDeployments(t *testing.T, fn func(t *testing.T, st *redisstate.State)) {
 	t.Run("single", func(t *testing.T) {
 		srv := redistest.Start(t)

@@ -7,7 +7,6 @@ package cluster
 import (
 	"context"
 	"errors"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,10 +18,6 @@ import (
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
 	"github.com/presence-sidecar/presence-sidecar/store/redisstate"
 )
-
-// callTimeout bounds each call to Redis: an engine whose Redis hangs sees
-// it fail, keeps its ledger and retries, instead of waiting forever.
-const callTimeout = 2 * time.Second
 
 // EngineOptions configure an Engine.
 type EngineOptions struct {
@@ -305,7 +300,7 @@ func (e *Engine) writeDirty(ctx context.Context) (failed bool) {
 // write states one session's pending changes; it reports whether a
 // notification was queued.
 func (e *Engine) write(ctx context.Context, p pending) (queued bool, err error) {
-	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	ctx, cancel := context.WithTimeout(ctx, redisstate.CallTimeout)
 	defer cancel()
 	set := e.o.Settings(p.bot)
 	ev := redisstate.Event{Bot: p.bot, Mode: redisstate.Mode{Activity: set.Mode == presence.ModeActivity, Interval: set.CheckInterval},
@@ -437,7 +432,7 @@ func (e *Engine) sweepLoop(ctx context.Context) {
 // sweep decides every shard's due deadlines once; it reports whether a
 // notification was queued.
 func (e *Engine) sweep(parent context.Context) (woke bool) {
-	ctx, cancel := context.WithTimeout(parent, callTimeout)
+	ctx, cancel := context.WithTimeout(parent, redisstate.CallTimeout)
 	defer cancel()
 	{
 		for n := range redisstate.Shards {
@@ -475,10 +470,4 @@ func (e *Engine) Stats() Stats {
 		RedisErrors: e.counts.redisErrors.Load(), Reasserts: e.counts.reasserts.Load(), ReapedReplicas: e.counts.reaped.Load(),
 		LedgerSessions: s, LedgerConnections: c, LedgerDirty: d, Healthy: e.healthy.Load(),
 	}
-}
-
-// ReplicaID makes a replica id from the host's name and a random suffix, so
-// that a restarted process never inherits its predecessor's lease.
-func ReplicaID(host, random string) string {
-	return strings.ReplaceAll(host, "/", "_") + "-" + random
 }

@@ -35,8 +35,7 @@ type entry struct {
 	conns      int  // live connections of the session on this replica
 	connsDirty bool // conns not yet stated to Redis
 
-	activityAt   time.Time // a sign of presence not yet sent (zero: none)
-	activitySent time.Time
+	activityAt time.Time // a sign of presence not yet sent (zero: none)
 
 	handoff int8 // hand-over change to send: +1 start, -1 end, 0 none
 }
@@ -85,12 +84,9 @@ func (l *ledger) take(n int) []pending {
 	out := make([]pending, 0, len(sh.dirty))
 	for sid, e := range sh.dirty {
 		out = append(out, pending{entry: *e, shard: n})
-		e.connsDirty, e.handoff = false, 0
-		if !e.activityAt.IsZero() {
-			e.activitySent, e.activityAt = e.activityAt, time.Time{}
-		}
+		e.connsDirty, e.handoff, e.activityAt = false, 0, time.Time{}
 		delete(sh.dirty, sid)
-		if e.conns == 0 && e.activityAt.IsZero() && e.handoff == 0 {
+		if e.conns == 0 {
 			delete(sh.sessions, sid) // nothing left to re-assert
 		}
 	}

@@ -39,6 +39,11 @@ import (
 	"github.com/presence-sidecar/presence-sidecar/store"
 )
 
+// CallTimeout bounds one call to Redis (a script, a sweep of the shards) by
+// either stage: a Redis that hangs then shows as an error, the caller keeps
+// what it must say and retries, instead of waiting forever.
+const CallTimeout = 2 * time.Second
+
 // Shards is how many hash tags the sessions are spread over: enough for a
 // Redis Cluster's masters to share the load, few enough that a sweep of
 // every shard stays cheap.
