@@ -185,6 +185,12 @@ func (c *wsConn) closeReason() event.CloseReason {
 // kill closes both sockets at once: a dead peer, a failed write, the probe,
 // or the end of the shutdown grace.
 func (c *wsConn) kill(reason event.CloseReason) {
+	if c.shutdown.interrupted.Load() {
+		// The sidecar ended this connection: a peer resetting or timing out
+		// its answer to the 1001 is a consequence, not a client leaving
+		// (docs/ARCHITECTURE.md, "Presence invariants" 6).
+		reason = event.CloseShutdown
+	}
 	if c.ending.killed.CompareAndSwap(nil, &reason) {
 		c.client.Close()
 		c.upstream.Close()

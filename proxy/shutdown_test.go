@@ -189,3 +189,25 @@ func TestShutdownSendsAwayUpgradeInFlight(t *testing.T) {
 		t.Fatalf("an upgrade during the shutdown got %q, want 503", line)
 	}
 }
+
+// A peer that answers the shutdown's 1001 by resetting its socket does not
+// change why the connection ended: the sidecar ended it (CloseShutdown, so
+// presence keeps counting the session as connected across the restart),
+// not the client leaving.
+func TestShutdownReasonSurvivesAPeerReset(t *testing.T) {
+	up, _ := gorillaUpstream(t, websocket.Upgrader{})
+	tp := startProxy(t, up, nil)
+	c, br := rawDial(t, tp.addr, "/ws?sessionId=s1", nil)
+	go func() {
+		buf := make([]byte, 64)
+		br.Read(buf) // the 1001
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close() // RST, not FIN
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	tp.p.Shutdown(ctx)
+	if e := tp.rec.wait(t, "ConnClosed", isKind(evClosed)); e.Reason != event.CloseShutdown {
+		t.Errorf("reason %q, want %q", e.Reason, event.CloseShutdown)
+	}
+}
