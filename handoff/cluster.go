@@ -47,6 +47,7 @@ type ClusterDeliverer struct {
 	lease   time.Duration
 	wake    chan struct{}
 	running atomic.Bool
+	counts  clusterCounts
 }
 
 // NewCluster returns a deliverer of st's outbox for owner (this replica's id,
@@ -127,6 +128,11 @@ func (c *ClusterDeliverer) Run(ctx context.Context) error {
 				continue
 			}
 			inflight[sid] = struct{}{}
+			if l.TakenOver {
+				c.counts.takeovers.Add(1)
+				d.log.Info("handoff: taking over a notification whose deliverer's lease lapsed", zap.String("session", sid),
+					zap.String("webhook_id", l.Note.ID), zap.Int("attempts", l.Note.Attempts))
+			}
 			attempts.Go(func() {
 				c.attempt(l)
 				done <- clusterDone{shard: l.Shard, sid: sid}
@@ -238,6 +244,7 @@ func (c *ClusterDeliverer) attempt(l redisstate.Lease) {
 		d.log.Error("handoff: recording the delivery outcome failed", zap.String("webhook_id", n.ID),
 			zap.String("outcome", string(verdict)), zap.Error(err))
 	case !ok:
+		c.counts.lostAcks.Add(1)
 		d.log.Warn("handoff: lease lost before the outcome was recorded; another deliverer owns the head now",
 			zap.String("webhook_id", n.ID), zap.String("session", n.SessionID), zap.String("outcome", string(verdict)))
 	}

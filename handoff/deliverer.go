@@ -226,3 +226,20 @@ func (d *Deliverer) Depth() int {
 	}
 	return len(p)
 }
+
+// Pending lists up to limit notifications waiting for delivery, oldest
+// first, and how many wait in all (the operator's view of the outbox).
+func (d *Deliverer) Pending(limit int) ([]store.Notification, int, error) {
+	p, err := d.o.Store.Pending()
+	if err != nil {
+		return nil, 0, err
+	}
+	return p[:min(len(p), max(limit, 0))], len(p), nil
+}
+
+// Recent lists the last limit delivered or dead-lettered notifications,
+// newest first.
+func (d *Deliverer) Recent(limit int) ([]store.Notification, error) { return d.o.Store.Recent(limit) }
+
+// DeadLetters lists the dead letters, oldest first.
+func (d *Deliverer) DeadLetters() ([]store.Notification, error) { return d.o.Store.DeadLetters() }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -19,14 +20,25 @@ import (
 
 // Each bot's settings at run time. Three layers, field by field: the
 // environment (Options.Defaults), PRESENCE_BOTS_FILE (Options.Bots), and the
-// changes made through the admin API (PutBotSettings, kept in the store),
-// which win. The file's and the API's are kept apart, so an edit of the
-// file still shows for every field the API did not set.
+// changes made through the admin API (Put, kept in a BotStore), which win.
+// The file's and the API's are kept apart, so an edit of the file still
+// shows for every field the API did not set.
 
-// botTable is the engine's per-bot settings.
-type botTable struct {
+// BotStore keeps the run-time changes of bots' settings: the embedded
+// store, or in cluster mode Redis, shared by every replica.
+type BotStore interface {
+	Bots() (map[string]store.BotSettings, error)
+	PutBot(botID string, s store.BotSettings) error
+}
+
+// Bots is each bot's effective settings. It is safe for concurrent use;
+// the presence engines of both modes read it on every decision.
+type Bots struct {
 	defaults         Settings // the environment's, for bots without their own. Read-only.
 	allowAnyInterval bool     // Read-only.
+	file             map[string]store.BotSettings
+	saved            BotStore
+	log              *zap.Logger
 	// mu serialises writers of byID. Readers load byID without a lock: the
 	// map is replaced on every change, never changed in place.
 	mu   sync.Mutex
@@ -40,9 +52,67 @@ type botEntry struct {
 	set  Settings          // the effective settings: api over file over the defaults
 }
 
+// NewBots validates file (PRESENCE_BOTS_FILE's entries) against defaults.
+// The changes saved holds are read by Reload.
+func NewBots(defaults Settings, allowAny bool, file map[string]store.BotSettings, saved BotStore, log *zap.Logger) (*Bots, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	t := &Bots{defaults: defaults, allowAnyInterval: allowAny, file: file, saved: saved, log: log}
+	bots := make(map[string]*botEntry, len(file))
+	for id, ov := range file {
+		set, err := Resolve(defaults, ov, allowAny)
+		if err != nil {
+			return nil, fmt.Errorf("presence: bot %q: %w", id, err)
+		}
+		bots[id] = &botEntry{id: id, file: ov, set: set}
+	}
+	t.byID.Store(&bots)
+	return t, nil
+}
+
+// Reload reads the saved changes (again: in cluster mode another replica
+// may have made some). A bad saved entry is logged and skipped, since
+// refusing it would also lock out the admin API that can fix it. Interned
+// ids of known bots are kept.
+func (t *Bots) Reload() error {
+	t.mu.Lock() // held across the read, so a Put meanwhile is not undone
+	defer t.mu.Unlock()
+	stored, err := t.saved.Bots()
+	if err != nil {
+		return fmt.Errorf("presence: reading bot settings: %w", err)
+	}
+	cur := *t.byID.Load()
+	bots := make(map[string]*botEntry, len(t.file)+len(stored))
+	entry := func(id string, api store.BotSettings) (*botEntry, error) {
+		e := &botEntry{id: id, file: t.file[id], api: api}
+		if old, ok := cur[id]; ok {
+			e.id = old.id
+		}
+		set, err := Resolve(t.defaults, mergeOverrides(e.file, api), t.allowAnyInterval)
+		e.set = set
+		return e, err
+	}
+	for id := range t.file {
+		bots[id], _ = entry(id, store.BotSettings{}) // validated by NewBots
+	}
+	for id, api := range stored {
+		e, err := entry(id, api)
+		if err != nil {
+			if old, ok := cur[id]; !ok || !reflect.DeepEqual(old.api, api) { // once, not at every reload
+				t.log.Warn("presence: ignoring stored bot settings", zap.String("bot", id), zap.Error(err))
+			}
+			continue
+		}
+		bots[id] = e
+	}
+	t.byID.Store(&bots)
+	return nil
+}
+
 // settings are bot's effective settings (the defaults for an unknown or
 // empty id).
-func (t *botTable) settings(bot string) *Settings {
+func (t *Bots) settings(bot string) *Settings {
 	if bot != "" {
 		if b, ok := (*t.byID.Load())[bot]; ok {
 			return &b.set
@@ -51,10 +121,14 @@ func (t *botTable) settings(bot string) *Settings {
 	return &t.defaults
 }
 
+// Settings returns the effective settings of botID (the defaults for an
+// unknown or empty id).
+func (t *Bots) Settings(botID string) Settings { return *t.settings(botID) }
+
 // intern returns the table's copy of a known bot id, or a private copy:
 // strings handed in may point into larger buffers we must not keep alive,
 // and every session of a known bot shares one copy of its id.
-func (t *botTable) intern(bot string) string {
+func (t *Bots) intern(bot string) string {
 	if bot == "" {
 		return ""
 	}
@@ -64,59 +138,20 @@ func (t *botTable) intern(bot string) string {
 	return strings.Clone(bot)
 }
 
-// loadBots fills the table from the file's settings (file) and the API's
-// (the store). A bad file entry stops New; a bad stored one is logged and
-// skipped, since refusing to start would also lock out the admin API that
-// can fix it.
-func (e *Engine) loadBots(file map[string]store.BotSettings) error {
-	t := &e.bots
-	bots := make(map[string]*botEntry, len(file))
-	for id, ov := range file {
-		set, err := Resolve(t.defaults, ov, t.allowAnyInterval)
-		if err != nil {
-			return fmt.Errorf("presence: bot %q: %w", id, err)
-		}
-		bots[id] = &botEntry{id: id, file: ov, set: set}
-	}
-	stored, err := e.store.Bots()
-	if err != nil {
-		return fmt.Errorf("presence: reading bot settings: %w", err)
-	}
-	for id, api := range stored {
-		b := bots[id]
-		if b == nil {
-			b = &botEntry{id: id}
-		}
-		set, err := Resolve(t.defaults, mergeOverrides(b.file, api), t.allowAnyInterval)
-		if err != nil {
-			e.log.Warn("presence: ignoring stored bot settings", zap.String("bot", id), zap.Error(err))
-			continue
-		}
-		bots[id] = &botEntry{id: id, file: b.file, api: api, set: set}
-	}
-	t.byID.Store(&bots)
-	return nil
-}
-
-// BotSettings returns the effective settings of botID (the defaults for an
-// unknown or empty id).
-func (e *Engine) BotSettings(botID string) Settings { return *e.bots.settings(botID) }
-
-// PutBotSettings changes a bot's settings at run time. The set fields of o
-// are laid over the bot's earlier run-time changes; the fields named in
-// clear are dropped from them, so the bot falls back to PRESENCE_BOTS_FILE
-// and then the environment for those. The result is validated, persisted
-// with store.PutBot (the run-time changes only) and used for later
-// decisions. Deadlines already armed keep their time.
-// ParseBotSettingsChange reads o and clear from the admin API's body.
-func (e *Engine) PutBotSettings(botID string, o store.BotSettings, clear ...string) (Settings, error) {
+// Put changes a bot's settings at run time. The set fields of o are laid
+// over the bot's earlier run-time changes; the fields named in clear are
+// dropped from them, so the bot falls back to PRESENCE_BOTS_FILE and then
+// the environment for those. The result is validated, persisted with
+// BotStore.PutBot (the run-time changes only) and used for later decisions.
+// Deadlines already armed keep their time. ParseBotSettingsChange reads o
+// and clear from the admin API's body.
+func (t *Bots) Put(botID string, o store.BotSettings, clear ...string) (Settings, error) {
 	if botID == "" {
 		return Settings{}, errors.New("presence: empty bot id")
 	}
 	if len(botID) > store.MaxIDBytes {
 		return Settings{}, ErrIDTooLong
 	}
-	t := &e.bots
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	cur := *t.byID.Load()
@@ -137,15 +172,28 @@ func (e *Engine) PutBotSettings(botID string, o store.BotSettings, clear ...stri
 	if err != nil {
 		return Settings{}, fmt.Errorf("bot %q: %w", botID, err)
 	}
-	if err := e.store.PutBot(botID, api); err != nil {
+	if err := t.saved.PutBot(botID, api); err != nil {
 		return Settings{}, fmt.Errorf("presence: saving settings of bot %q: %w", botID, err)
 	}
 	next := maps.Clone(cur)
 	next[botID] = &botEntry{id: id, file: file, api: api, set: set}
 	t.byID.Store(&next)
-	e.log.Info("presence: bot settings changed", zap.String("bot", botID),
+	t.log.Info("presence: bot settings changed", zap.String("bot", botID),
 		zap.String("mode", string(set.Mode)), zap.Duration("check_interval", set.CheckInterval), zap.Bool("enabled", set.Enabled))
 	return set, nil
+}
+
+// IDs lists the bots with settings of their own (the file's and the API's),
+// sorted.
+func (t *Bots) IDs() []string { return slices.Sorted(maps.Keys(*t.byID.Load())) }
+
+// BotSettings returns the effective settings of botID (the defaults for an
+// unknown or empty id).
+func (e *Engine) BotSettings(botID string) Settings { return e.bots.Settings(botID) }
+
+// PutBotSettings changes a bot's settings at run time (Bots.Put).
+func (e *Engine) PutBotSettings(botID string, o store.BotSettings, clear ...string) (Settings, error) {
+	return e.bots.Put(botID, o, clear...)
 }
 
 // LoadBotsFile reads PRESENCE_BOTS_FILE, a JSON object mapping a bot id to
@@ -187,3 +235,6 @@ func LoadBotsFile(path string, def Settings, allowAny bool) (map[string]store.Bo
 	}
 	return out, nil
 }
+
+// BotIDs lists the bots with settings of their own (file or API), sorted.
+func (e *Engine) BotIDs() []string { return e.bots.IDs() }

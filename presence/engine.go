@@ -17,7 +17,7 @@
 //	commit.go       writing decisions and batches to the store, recovery at start
 //	handover.go     how a hand-over is detected (Detect, rules, SetHandoff)
 //	settings.go     what a bot's settings are, their validation and JSON
-//	bots.go         each bot's settings at run time (file, store, PutBotSettings)
+//	bots.go         each bot's settings at run time (file, store, PutBotSettings); Bots, shared with cluster mode
 //	queries.go      View, Sessions, Session
 //	stats.go        Stats
 //	trace.go        the spans of transitions
@@ -118,7 +118,7 @@ type Engine struct {
 	detect             Detect
 	rules              matchRules
 	timing             timing
-	bots               botTable
+	bots               *Bots
 	shards             [numShards]shard     // the sessions, by shardOf(id)
 	conns              [numShards]connShard // connection id → session
 	loop               runLoop
@@ -186,7 +186,6 @@ func New(o Options) (*Engine, error) {
 		store: o.Store, clock: o.Clock, log: o.Log, wakeHook: o.Wake, detect: o.Detect,
 		rules:  matchRules{handoffStart: o.HandoffStart, handoffEnd: o.HandoffEnd, ignore: o.Ignore},
 		timing: timing{forgetAfter: o.ForgetAfter, flushInterval: o.FlushInterval},
-		bots:   botTable{defaults: defaults, allowAnyInterval: o.AllowAnyInterval},
 		loop:   runLoop{kick: make(chan struct{}, 1)},
 	}
 	e.cap.max = int64(max(o.MaxSessions, 0))
@@ -213,7 +212,11 @@ func New(o Options) (*Engine, error) {
 		e.conns[i].byConn = map[event.ConnID]conn{}
 	}
 	e.loop.timerAt.Store(math.MaxInt64)
-	if err := e.loadBots(o.Bots); err != nil {
+	var err error
+	if e.bots, err = NewBots(defaults, o.AllowAnyInterval, o.Bots, o.Store, e.log); err != nil {
+		return nil, err
+	}
+	if err := e.bots.Reload(); err != nil {
 		return nil, err
 	}
 	if err := e.recoverSessions(); err != nil {

@@ -13,6 +13,9 @@ type View struct {
 	store.Session
 	Connections int      `json:"connections"`
 	Settings    Settings `json:"settings"`
+	// Replicas, in cluster mode, are the replicas holding the session's
+	// connections, with how many each holds.
+	Replicas map[string]int64 `json:"replicas,omitempty"`
 }
 
 func (e *Engine) viewLocked(s *sess) View {

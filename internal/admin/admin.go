@@ -8,20 +8,18 @@ import (
 	"net/http"
 	"sync/atomic"
 
-	"github.com/presence-sidecar/presence-sidecar/handoff"
 	"github.com/presence-sidecar/presence-sidecar/presence"
 	"github.com/presence-sidecar/presence-sidecar/store"
 )
 
-// Server holds what the admin listener shows and changes. Engine and
-// Deliverer are nil when presence monitoring is off.
+// Server holds what the admin listener shows and changes. Presence and
+// Outbox are nil when presence monitoring is off.
 type Server struct {
-	Token     string
-	Engine    *presence.Engine
-	Deliverer *handoff.Deliverer
-	Store     store.Store
-	Metrics   http.Handler // /metrics
-	Status    http.Handler // / (the status page)
+	Token    string
+	Presence Presence
+	Outbox   Outbox
+	Metrics  http.Handler // /metrics
+	Status   http.Handler // / (the status page)
 	// Ready reports what is degraded ("" when nothing is).
 	Ready func() string
 
@@ -90,7 +88,7 @@ func (s *Server) authorize(next http.Handler) http.Handler {
 }
 
 func (s *Server) presenceOn(w http.ResponseWriter) bool {
-	if s.Engine == nil {
+	if s.Presence == nil {
 		writeError(w, http.StatusConflict, "presence monitoring is off (PRESENCE_ENABLED=false)")
 		return false
 	}
@@ -99,7 +97,7 @@ func (s *Server) presenceOn(w http.ResponseWriter) bool {
 
 func (s *Server) sessions(w http.ResponseWriter, r *http.Request) {
 	if s.presenceOn(w) {
-		writeJSON(w, http.StatusOK, map[string]any{"sessions": s.Engine.Sessions()})
+		writeJSON(w, http.StatusOK, map[string]any{"sessions": s.Presence.Sessions()})
 	}
 }
 
@@ -107,7 +105,7 @@ func (s *Server) session(w http.ResponseWriter, r *http.Request) {
 	if !s.presenceOn(w) {
 		return
 	}
-	v, ok := s.Engine.Session(r.PathValue("id"))
+	v, ok := s.Presence.Session(r.PathValue("id"))
 	if !ok {
 		writeError(w, http.StatusNotFound, "no such session")
 		return
@@ -121,18 +119,18 @@ func (s *Server) handoff(on bool) http.HandlerFunc {
 			return
 		}
 		id := r.PathValue("id")
-		if err := s.Engine.SetHandoff(id, r.URL.Query().Get("botId"), on); err != nil {
+		if err := s.Presence.SetHandoff(id, r.URL.Query().Get("botId"), on); err != nil {
 			writeError(w, statusOf(err, http.StatusConflict), err.Error())
 			return
 		}
-		v, _ := s.Engine.Session(id)
+		v, _ := s.Presence.Session(id)
 		writeJSON(w, http.StatusOK, v)
 	}
 }
 
 func (s *Server) getBot(w http.ResponseWriter, r *http.Request) {
 	if s.presenceOn(w) {
-		writeJSON(w, http.StatusOK, s.Engine.BotSettings(r.PathValue("botId")))
+		writeJSON(w, http.StatusOK, s.Presence.BotSettings(r.PathValue("botId")))
 	}
 }
 
@@ -149,7 +147,7 @@ func (s *Server) putBot(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	got, err := s.Engine.PutBotSettings(r.PathValue("botId"), set, clear...)
+	got, err := s.Presence.PutBotSettings(r.PathValue("botId"), set, clear...)
 	if err != nil {
 		writeError(w, statusOf(err, http.StatusBadRequest), err.Error())
 		return
@@ -161,7 +159,7 @@ func (s *Server) deadLetters(w http.ResponseWriter, r *http.Request) {
 	if !s.presenceOn(w) {
 		return
 	}
-	dead, err := s.Store.DeadLetters()
+	dead, err := s.Outbox.DeadLetters()
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
@@ -173,7 +171,7 @@ func (s *Server) recent(w http.ResponseWriter, r *http.Request) {
 	if !s.presenceOn(w) {
 		return
 	}
-	recent, err := s.Store.Recent(100)
+	recent, err := s.Outbox.Recent(100)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
@@ -185,7 +183,7 @@ func (s *Server) replay(w http.ResponseWriter, r *http.Request) {
 	if !s.presenceOn(w) {
 		return
 	}
-	n, err := s.Deliverer.Replay(r.PathValue("id"))
+	n, err := s.Outbox.Replay(r.PathValue("id"))
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		writeError(w, http.StatusNotFound, "no dead letter with that id")

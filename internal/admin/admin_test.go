@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/presence-sidecar/presence-sidecar/handoff"
 	"github.com/presence-sidecar/presence-sidecar/presence"
 	"github.com/presence-sidecar/presence-sidecar/store"
 )
@@ -25,6 +26,15 @@ func newEngine(t *testing.T, st store.Store) *presence.Engine {
 	return e
 }
 
+func deliverer(t *testing.T, st store.Store) *handoff.Deliverer {
+	t.Helper()
+	d, err := handoff.New(handoff.Options{URL: "http://127.0.0.1:1", Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
 func do(t *testing.T, h http.Handler, method, path, token, body string) (int, string) {
 	t.Helper()
 	req := httptest.NewRequest(method, path, strings.NewReader(body))
@@ -39,7 +49,7 @@ func do(t *testing.T, h http.Handler, method, path, token, body string) (int, st
 
 func TestTokenGuardsV1(t *testing.T) {
 	st := store.NewMemory()
-	s := &Server{Token: "sekret", Engine: newEngine(t, st), Store: st}
+	s := &Server{Token: "sekret", Presence: newEngine(t, st), Outbox: deliverer(t, st)}
 	h := s.Handler()
 	if code, _ := do(t, h, "GET", "/v1/sessions", "", ""); code != http.StatusUnauthorized {
 		t.Fatalf("no token: %d", code)
@@ -58,7 +68,7 @@ func TestTokenGuardsV1(t *testing.T) {
 
 func TestNoTokenMeansAPIOff(t *testing.T) {
 	st := store.NewMemory()
-	h := (&Server{Engine: newEngine(t, st), Store: st}).Handler()
+	h := (&Server{Presence: newEngine(t, st), Outbox: deliverer(t, st)}).Handler()
 	code, body := do(t, h, "GET", "/v1/sessions", "anything", "")
 	if code != http.StatusForbidden || !strings.Contains(body, "ADMIN_TOKEN") {
 		t.Fatalf("%d %s", code, body)
@@ -67,7 +77,7 @@ func TestNoTokenMeansAPIOff(t *testing.T) {
 
 func TestHandoffAndBotSettings(t *testing.T) {
 	st := store.NewMemory()
-	h := (&Server{Token: "t", Engine: newEngine(t, st), Store: st}).Handler()
+	h := (&Server{Token: "t", Presence: newEngine(t, st), Outbox: deliverer(t, st)}).Handler()
 	if code, body := do(t, h, "PUT", "/v1/sessions/s1/handoff?botId=b1", "t", ""); code != 200 || !strings.Contains(body, `"handedOver": true`) {
 		t.Fatalf("PUT handoff: %d %s", code, body)
 	}
@@ -119,7 +129,7 @@ func TestPresenceOffAndReadiness(t *testing.T) {
 // request line, and nothing is tracked or stored.
 func TestOverlongIDInPathIs414(t *testing.T) {
 	st := store.NewMemory()
-	s := &Server{Token: "sekret", Engine: newEngine(t, st), Store: st}
+	s := &Server{Token: "sekret", Presence: newEngine(t, st), Outbox: deliverer(t, st)}
 	h := s.Handler()
 	long := strings.Repeat("x", store.MaxIDBytes+1)
 	if code, body := do(t, h, "PUT", "/v1/sessions/"+long+"/handoff", "sekret", ""); code != http.StatusRequestURITooLong {
@@ -137,7 +147,7 @@ func TestOverlongIDInPathIs414(t *testing.T) {
 // a browser sends by itself once asked (the status page's login).
 func TestTokenAsBasicPassword(t *testing.T) {
 	st := store.NewMemory()
-	h := (&Server{Token: "sekret", Engine: newEngine(t, st), Store: st}).Handler()
+	h := (&Server{Token: "sekret", Presence: newEngine(t, st), Outbox: deliverer(t, st)}).Handler()
 	for pw, want := range map[string]int{"sekret": http.StatusOK, "wrong": http.StatusUnauthorized} {
 		req := httptest.NewRequest("GET", "/v1/sessions", nil)
 		req.SetBasicAuth("admin", pw)

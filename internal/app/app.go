@@ -23,10 +23,12 @@ import (
 	"github.com/presence-sidecar/presence-sidecar/internal/config"
 	"github.com/presence-sidecar/presence-sidecar/internal/telemetry"
 	"github.com/presence-sidecar/presence-sidecar/presence"
+	"github.com/presence-sidecar/presence-sidecar/presence/cluster"
 	"github.com/presence-sidecar/presence-sidecar/presence/rules"
 	"github.com/presence-sidecar/presence-sidecar/proxy"
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
 	"github.com/presence-sidecar/presence-sidecar/store"
+	"github.com/presence-sidecar/presence-sidecar/store/redisstate"
 )
 
 // NewLogger builds the zap logger LOG_LEVEL and LOG_FORMAT ask for.
@@ -49,15 +51,33 @@ func NewLogger(cfg config.Config, out io.Writer) (*zap.Logger, error) {
 
 // App is the wired sidecar.
 type App struct {
-	cfg       config.Config
-	log       *zap.Logger
-	tel       *telemetry.Telemetry
-	metrics   *metrics
-	proxy     *proxy.Proxy
-	admin     *admin.Server
-	store     store.Store
+	cfg     config.Config
+	log     *zap.Logger
+	tel     *telemetry.Telemetry
+	metrics *metrics
+	proxy   *proxy.Proxy
+	admin   *admin.Server
+
+	// With presence on, one of the two modes' parts is set.
+	store     store.Store // embedded mode
 	engine    *presence.Engine
 	deliverer *handoff.Deliverer
+
+	replica          string // cluster mode
+	redis            *redisstate.State
+	clusterEngine    *cluster.Engine
+	clusterDeliverer *handoff.ClusterDeliverer
+
+	presence admin.Presence // either mode's, for the admin listener
+	outbox   admin.Outbox
+	runners  []runner       // the presence and delivery loops Serve runs
+	closers  []func() error // run by close, in order
+}
+
+// runner is a loop Serve runs until its context ends.
+type runner struct {
+	name string
+	run  func(context.Context) error
 }
 
 // Build wires everything; nothing listens yet. tel (nil: telemetry.Off())
@@ -92,24 +112,60 @@ func Build(cfg config.Config, log *zap.Logger, tel *telemetry.Telemetry) (*App, 
 	}
 	p, err := proxy.New(po)
 	if err != nil {
-		a.closeStore()
+		a.close()
 		return nil, err
 	}
 	a.proxy = p
-	if err := a.metrics.observe(tel.Meter, p, a.engine, a.deliverer); err != nil {
-		a.closeStore()
+	if err := a.metrics.observe(tel.Meter, p, a.presenceStats(), a.outboxDepth()); err != nil {
+		a.close()
 		return nil, err
 	}
-	a.admin = &admin.Server{
-		Token:     cfg.AdminToken,
-		Engine:    a.engine,
-		Deliverer: a.deliverer,
-		Store:     a.store,
-		Metrics:   tel.MetricsHandler(),
-		Status:    status.Handler(cfg, a.engine, a.store),
-		Ready:     a.ready,
+	if a.clusterEngine != nil {
+		if err := a.metrics.observeCluster(tel.Meter, a.clusterEngine, a.clusterDeliverer); err != nil {
+			a.close()
+			return nil, err
+		}
 	}
+	a.admin = &admin.Server{
+		Token:    cfg.AdminToken,
+		Presence: a.presence,
+		Outbox:   a.outbox,
+		Metrics:  tel.MetricsHandler(),
+		Ready:    a.ready,
+	}
+	so := status.Options{Config: cfg}
+	if a.presence != nil { // a nil pointer must not become a non-nil interface
+		so.Presence, so.Outbox = a.presence, a.outbox
+	}
+	a.admin.Status = status.New(so)
 	return a, nil
+}
+
+// presenceParts are what both modes' engines are built from.
+type presenceParts struct {
+	rules  config.Rules
+	detect presence.Detect
+	bots   map[string]store.BotSettings // PRESENCE_BOTS_FILE
+}
+
+// handoffOptions are the deliverer's options; st is the embedded store (nil
+// in cluster mode, where the outbox is in Redis).
+func (a *App) handoffOptions(st store.Store, log *zap.Logger) handoff.Options {
+	cfg := a.cfg
+	return handoff.Options{
+		URL:           cfg.HandoffURL,
+		ExpirePath:    cfg.HandoffExpirePath,
+		MessagePath:   cfg.HandoffMessagePath,
+		Token:         cfg.HandoffToken,
+		SigningSecret: cfg.HandoffSigningSecret,
+		Timeout:       cfg.HandoffTimeout,
+		RetryMaxDelay: cfg.HandoffRetryMaxDelay,
+		RetryFor:      cfg.HandoffRetryFor,
+		Store:         st,
+		Log:           log,
+		Observe:       a.metrics.delivery,
+		Tracer:        a.tel.Tracer,
+	}
 }
 
 // buildPresence wires the store, the presence engine and the deliverer, and
@@ -138,49 +194,76 @@ func (a *App) buildPresence(po *proxy.Options) error {
 		return err
 	}
 
+	p := presenceParts{rules: r, detect: presence.Detect(detect), bots: bots}
+	build := a.buildEmbedded
+	if cfg.RedisURL != "" {
+		build = a.buildCluster
+	}
+	if err := build(p); err != nil {
+		return err
+	}
+	po.Observer = a.presence.(event.Observer)
+	return nil
+}
+
+// buildEmbedded wires the embedded mode: one replica, its state and outbox
+// in a bbolt file under DATA_DIR.
+func (a *App) buildEmbedded(p presenceParts) error {
+	cfg := a.cfg
 	st, err := store.OpenBolt(cfg.DataDir, a.log.Named("store"))
 	if err != nil {
 		return err
 	}
 	a.store = st
-	a.deliverer, err = handoff.New(handoff.Options{
-		URL:           cfg.HandoffURL,
-		ExpirePath:    cfg.HandoffExpirePath,
-		MessagePath:   cfg.HandoffMessagePath,
-		Token:         cfg.HandoffToken,
-		SigningSecret: cfg.HandoffSigningSecret,
-		Timeout:       cfg.HandoffTimeout,
-		RetryMaxDelay: cfg.HandoffRetryMaxDelay,
-		RetryFor:      cfg.HandoffRetryFor,
-		Store:         st,
-		Log:           a.log.Named("handoff"),
-		Observe:       a.metrics.delivery,
-		Tracer:        a.tel.Tracer,
-	})
+	a.closers = append(a.closers, st.Close)
+	a.deliverer, err = handoff.New(a.handoffOptions(st, a.log.Named("handoff")))
 	if err != nil {
-		st.Close()
+		a.close()
 		return err
 	}
 	a.engine, err = presence.New(presence.Options{
 		Defaults:         cfg.PresenceDefaults(),
 		AllowAnyInterval: cfg.PresenceAllowAny,
-		Bots:             bots,
+		Bots:             p.bots,
 		Store:            st,
 		Log:              a.log.Named("presence"),
-		Detect:           presence.Detect(detect),
-		HandoffStart:     r.HandoffStart,
-		HandoffEnd:       r.HandoffEnd,
-		Ignore:           r.Ignore,
+		Detect:           p.detect,
+		HandoffStart:     p.rules.HandoffStart,
+		HandoffEnd:       p.rules.HandoffEnd,
+		Ignore:           p.rules.Ignore,
 		ForgetAfter:      cfg.PresenceForgetAfter,
 		MaxSessions:      cfg.PresenceMaxSessions,
 		Wake:             a.deliverer.Wake,
 		Tracer:           a.tel.Tracer,
 	})
 	if err != nil {
-		st.Close()
+		a.close()
 		return err
 	}
-	po.Observer = a.engine
+	a.presence, a.outbox = a.engine, a.deliverer
+	a.runners = []runner{{"presence", a.engine.Run}, {"delivery", a.deliverer.Run}}
+	return nil
+}
+
+// presenceStats is the engine's Stats for the metrics (nil: presence off).
+func (a *App) presenceStats() func() presence.Stats {
+	if a.presence == nil {
+		return nil
+	}
+	return a.presence.Stats
+}
+
+// outboxDepth is the outbox's depth for the metrics (nil: presence off).
+func (a *App) outboxDepth() func() (int64, error) {
+	switch {
+	case a.deliverer != nil:
+		return func() (int64, error) { return int64(a.deliverer.Depth()), nil }
+	case a.clusterDeliverer != nil:
+		return func() (int64, error) {
+			s, err := a.clusterDeliverer.ClusterStats()
+			return s.Depth, err
+		}
+	}
 	return nil
 }
 
@@ -188,6 +271,11 @@ func (a *App) ready() string {
 	if b, ok := a.store.(interface{ Check() error }); ok {
 		if err := b.Check(); err != nil {
 			return "state store: " + err.Error()
+		}
+	}
+	if a.clusterEngine != nil {
+		if why := a.clusterEngine.RedisTrouble(); why != "" {
+			return "Redis: " + why
 		}
 	}
 	return ""
@@ -201,14 +289,14 @@ func (a *App) Serve(ctx context.Context, started func(proxyAddr, adminAddr strin
 	lc := net.ListenConfig{KeepAlive: cfg.TCPKeepAlive}
 	ln, err := lc.Listen(ctx, "tcp", cfg.ListenAddr)
 	if err != nil {
-		a.closeStore()
+		a.close()
 		a.shutdownTelemetry()
 		return fmt.Errorf("LISTEN_ADDR=%q: %w", cfg.ListenAddr, err)
 	}
 	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
 	if err != nil {
 		ln.Close()
-		a.closeStore()
+		a.close()
 		a.shutdownTelemetry()
 		return fmt.Errorf("ADMIN_ADDR=%q: %w", cfg.AdminAddr, err)
 	}
@@ -225,11 +313,9 @@ func (a *App) Serve(ctx context.Context, started func(proxyAddr, adminAddr strin
 
 	bg, stopBG := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	errs := make(chan error, 4)
-	if a.engine != nil {
-		wg.Add(2)
-		go func() { defer wg.Done(); errs <- nonNil(a.engine.Run(bg), "presence") }()
-		go func() { defer wg.Done(); errs <- nonNil(a.deliverer.Run(bg), "delivery") }()
+	errs := make(chan error, 2+len(a.runners))
+	for _, r := range a.runners {
+		wg.Go(func() { errs <- nonNil(r.run(bg), r.name) })
 	}
 	go func() { errs <- serveErr(proxySrv.Serve(ln), "proxy listener") }()
 	go func() { errs <- serveErr(adminSrv.Serve(adminLn), "admin listener") }()
@@ -239,6 +325,7 @@ func (a *App) Serve(ctx context.Context, started func(proxyAddr, adminAddr strin
 	a.log.Info("presence-sidecar started",
 		zap.String("listen", ln.Addr().String()), zap.String("admin", adminLn.Addr().String()),
 		zap.String("upstream", config.RedactURL(cfg.UpstreamURL)), zap.Bool("presence", cfg.PresenceEnabled),
+		zap.String("state", a.stateName()),
 		zap.String("version", telemetry.Version()), zap.String("telemetry", a.tel.String()))
 
 	var failure error
@@ -261,7 +348,7 @@ func (a *App) Serve(ctx context.Context, started func(proxyAddr, adminAddr strin
 	proxySrv.Close()
 	stopBG() // the engine flushes its state, the deliverer finishes attempts in flight
 	wg.Wait()
-	if err := a.closeStore(); err != nil && failure == nil {
+	if err := a.close(); err != nil && failure == nil {
 		failure = err
 	}
 	_ = adminSrv.Close()
@@ -296,9 +383,23 @@ func (a *App) shutdownTelemetry() {
 	}
 }
 
-func (a *App) closeStore() error {
-	if a.store == nil {
-		return nil
+// close releases the state (the store's file, the Redis client), once.
+func (a *App) close() error {
+	var errs []error
+	for _, c := range a.closers {
+		errs = append(errs, c())
 	}
-	return a.store.Close()
+	a.closers = nil
+	return errors.Join(errs...)
+}
+
+// stateName says where presence state lives, for the start-up log line.
+func (a *App) stateName() string {
+	switch {
+	case a.redis != nil:
+		return "redis " + config.RedactURL(a.cfg.RedisURL) + " as replica " + a.replica
+	case a.store != nil:
+		return "embedded " + a.cfg.DataDir
+	}
+	return "none"
 }

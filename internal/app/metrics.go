@@ -57,6 +57,7 @@ var latencyBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 type metrics struct {
 	notifications metric.Int64Counter
 	latency       metric.Float64Histogram
+	cluster       clusterInstruments
 }
 
 func newMetrics(m metric.MeterProvider) (*metrics, error) {
@@ -66,7 +67,8 @@ func newMetrics(m metric.MeterProvider) (*metrics, error) {
 	latency, errL := meter.Float64Histogram(mDeliveryLatency, metric.WithUnit("s"),
 		metric.WithDescription("Time of a webhook's HTTP exchange with the human-service platform, by kind and outcome."),
 		metric.WithExplicitBucketBoundaries(latencyBuckets...))
-	return &metrics{notifications: notifications, latency: latency}, errors.Join(errN, errL)
+	cluster, errC := newClusterInstruments(meter)
+	return &metrics{notifications: notifications, latency: latency, cluster: cluster}, errors.Join(errN, errL, errC)
 }
 
 // delivery is handoff.Options.Observe.
@@ -90,7 +92,7 @@ func attrs(k, v string) metric.MeasurementOption {
 
 // observe registers the observable instruments over the proxy and, when
 // presence is on, the engine and the deliverer.
-func (x *metrics) observe(m metric.MeterProvider, p *proxy.Proxy, e *presence.Engine, d *handoff.Deliverer) error {
+func (x *metrics) observe(m metric.MeterProvider, p *proxy.Proxy, stats func() presence.Stats, depth func() (int64, error)) error {
 	meter := m.Meter(meterName)
 	var errs []error
 	gauge := func(name, unit, desc string) metric.Int64ObservableGauge {
@@ -134,23 +136,23 @@ func (x *metrics) observe(m metric.MeterProvider, p *proxy.Proxy, e *presence.En
 		return nil
 	}, open, httpReqs, upgrades, rejected, upErrs, clientErrs, probes, untracked, frames, bytes, inspStopped)
 	errs = append(errs, err)
-	if e == nil {
+	if stats == nil {
 		return errors.Join(errs...)
 	}
 
-	sessions := gauge(mSessions, "{session}", "Tracked sessions by presence state (present, absent).")
+	sessions := gauge(mSessions, "{session}", "Tracked sessions by presence state (present, absent). In cluster mode: the sessions with connections on this replica, as present; the cluster's are listed by /v1/sessions.")
 	handed := gauge(mHandedOver, "{session}", "Tracked sessions handed over to a human.")
 	untrackedConns := gauge(mUntrackedConns, "{connection}", "Open connections not tracked: their session id is not known (yet), or the session cap refused it.")
 	transitions := counter(mTransitions, "{transition}", "Presence transitions by kind (absent, returned, handoff_started, handoff_ended).")
 	queued := counter(mNotificationsQueued, "{notification}", "Notifications written to the outbox, by kind.")
-	storeErrs := counter(mStoreErrors, "{error}", "Failed writes of presence decisions to the store (retried).")
+	storeErrs := counter(mStoreErrors, "{error}", "Failed writes of presence decisions to the store, or in cluster mode failed calls to Redis (retried).")
 	idsRefused := counter(mIDsRefused, "{id}", "Session or bot ids longer than the bound (512 bytes), not tracked.")
 	shed := counter(mSessionsShed, "{session}", "Sessions dropped, oldest idle first, to make room under PRESENCE_MAX_SESSIONS.")
 	refused := counter(mSessionsRefused, "{session}", "New sessions not tracked: PRESENCE_MAX_SESSIONS reached and every session connected, handed over or awaiting a notification.")
-	depth := gauge(mOutboxDepth, "{notification}", "Notifications waiting for delivery.")
+	outboxDepth := gauge(mOutboxDepth, "{notification}", "Notifications waiting for delivery (in cluster mode, all replicas').")
 	// One callback: Stats walks every session once per collection.
 	_, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		s := e.Stats()
+		s := stats()
 		o.ObserveInt64(sessions, int64(s.Present), attrs("state", "present"))
 		o.ObserveInt64(sessions, int64(s.Absent), attrs("state", "absent"))
 		o.ObserveInt64(handed, int64(s.HandedOver))
@@ -165,9 +167,11 @@ func (x *metrics) observe(m metric.MeterProvider, p *proxy.Proxy, e *presence.En
 		o.ObserveInt64(idsRefused, int64(s.IDsRefused))
 		o.ObserveInt64(shed, int64(s.SessionsShed))
 		o.ObserveInt64(refused, int64(s.SessionsRefused))
-		o.ObserveInt64(depth, int64(d.Depth()))
+		if n, err := depth(); err == nil {
+			o.ObserveInt64(outboxDepth, n)
+		}
 		return nil
-	}, sessions, handed, untrackedConns, transitions, queued, storeErrs, idsRefused, shed, refused, depth)
+	}, sessions, handed, untrackedConns, transitions, queued, storeErrs, idsRefused, shed, refused, outboxDepth)
 	errs = append(errs, err)
 	return errors.Join(errs...)
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/presence-sidecar/presence-sidecar/proxy"
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
 	"github.com/presence-sidecar/presence-sidecar/store"
+	"github.com/presence-sidecar/presence-sidecar/store/redisstate"
 )
 
 // Config is the whole environment of the sidecar. The desc tags feed the
@@ -66,8 +67,10 @@ type Config struct {
 	HandoffRetryFor      time.Duration `env:"HANDOFF_RETRY_FOR" desc:"how long a notification is retried before it is dead-lettered"`
 
 	// State
-	DataDir  string `env:"DATA_DIR" desc:"embedded state and outbox"`
-	RedisURL string `env:"REDIS_URL" desc:"cluster mode (state in Redis, several replicas): not in this version; setting it stops start-up"`
+	DataDir        string        `env:"DATA_DIR" desc:"embedded state and outbox (one replica; relative to the working directory); unused in cluster mode"`
+	RedisURL       string        `env:"REDIS_URL" desc:"cluster mode: state and outbox in Redis, shared by any number of replicas. redis:// or rediss://; a Redis Cluster as redis://h1:6379?addr=h2:6379&addr=h3:6379; Sentinel as redis://s1:26379?addr=s2:26379&master_set=NAME"`
+	RedisKeyPrefix string        `env:"REDIS_KEY_PREFIX" desc:"prefix of every key the sidecar writes in Redis"`
+	RedisLeaseTTL  time.Duration `env:"REDIS_LEASE_TTL" desc:"a replica not heard of this long is dead: its connections lapse and survivors take over its work (1s–1h)"`
 
 	// Admin and lifecycle
 	AdminAddr     string        `env:"ADMIN_ADDR" desc:"admin listener: /healthz /readyz /metrics /v1/ and the status page"`
@@ -109,11 +112,13 @@ func Defaults() Config {
 		HandoffRetryMaxDelay: handoff.DefaultRetryMaxDelay,
 		HandoffRetryFor:      handoff.DefaultRetryFor,
 
-		DataDir:       "./data",
-		AdminAddr:     "127.0.0.1:9090",
-		LogLevel:      "info",
-		LogFormat:     "json",
-		ShutdownGrace: 30 * time.Second,
+		DataDir:        "./data",
+		RedisKeyPrefix: "presence-sidecar:",
+		RedisLeaseTTL:  15 * time.Second, // as Ably holds a leave; Phoenix waits 30 s, Socket.IO's adapter 10 s
+		AdminAddr:      "127.0.0.1:9090",
+		LogLevel:       "info",
+		LogFormat:      "json",
+		ShutdownGrace:  30 * time.Second,
 	}
 }
 
@@ -278,11 +283,7 @@ func (c Config) validate() error {
 		errs = append(errs, err)
 	}
 	errs = append(errs, c.validatePresenceInputs()...)
-	if c.RedisURL != "" {
-		// Refuse rather than run one replica's state while the operator
-		// expects several replicas to share it.
-		errs = append(errs, bad("REDIS_URL", RedactURL(c.RedisURL), "cluster mode is not in this version: unset REDIS_URL to run one replica with its state under DATA_DIR"))
-	}
+	errs = append(errs, c.validateRedis()...)
 	if c.PresenceEnabled && c.HandoffURL == "" {
 		errs = append(errs, bad("HANDOFF_URL", "", "required when PRESENCE_ENABLED=true: the human-service platform's base URL"))
 	}
@@ -297,6 +298,24 @@ func (c Config) validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validateRedis checks the cluster mode variables when REDIS_URL is set.
+func (c Config) validateRedis() []error {
+	if c.RedisURL == "" {
+		return nil
+	}
+	var errs []error
+	if _, err := redisstate.ParseURL(c.RedisURL); err != nil {
+		errs = append(errs, bad("REDIS_URL", RedactURL(c.RedisURL), err.Error()))
+	}
+	if err := redisstate.CheckPrefix(c.RedisKeyPrefix); err != nil {
+		errs = append(errs, bad("REDIS_KEY_PREFIX", c.RedisKeyPrefix, err.Error()))
+	}
+	if c.RedisLeaseTTL < time.Second || c.RedisLeaseTTL > time.Hour {
+		errs = append(errs, bad("REDIS_LEASE_TTL", c.RedisLeaseTTL.String(), "want 1s to 1h"))
+	}
+	return errs
 }
 
 // validatePresenceInputs checks the variables that only matter with

@@ -47,7 +47,10 @@ func TestBadValuesNameVariableValueAndRange(t *testing.T) {
 		{append(base, "HANDOFF_START_MATCH=server:data.isTransfer"), []string{"HANDOFF_START_MATCH", "PATH=VALUE"}},
 		{append(base, "PRESENCE_BOTS_FILE=/nonexistent/bots.json"), []string{"PRESENCE_BOTS_FILE", "/nonexistent/bots.json"}},
 		{append(base, "HANDOFF_SIGNING_SECRET=sekrit"), []string{"HANDOFF_SIGNING_SECRET", "whsec_"}},
-		{append(base, "REDIS_URL=redis://:pw@redis:6379/0"), []string{"REDIS_URL", "redis://:xxxxx@redis:6379/0", "not in this version"}},
+		{append(base, "REDIS_URL=ftp://:pw@redis:6379/0"), []string{"REDIS_URL", "ftp://:xxxxx@redis:6379/0", "invalid URL scheme"}},
+		{append(base, "REDIS_URL=redis://redis:6379/x"), []string{"REDIS_URL", "invalid database number"}},
+		{append(base, "REDIS_URL=redis://redis", "REDIS_KEY_PREFIX={app}:"), []string{"REDIS_KEY_PREFIX", "{app}:", "no braces"}},
+		{append(base, "REDIS_URL=redis://redis", "REDIS_LEASE_TTL=500ms"), []string{"REDIS_LEASE_TTL", "500ms", "1s to 1h"}},
 	}
 	for _, c := range cases {
 		_, err := Load(c.env)

@@ -7,6 +7,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/presence-sidecar/presence-sidecar/presence"
 	"github.com/presence-sidecar/presence-sidecar/presence/rules"
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
+	"github.com/presence-sidecar/presence-sidecar/store"
 	"github.com/presence-sidecar/presence-sidecar/store/redisstate"
 )
 
@@ -25,17 +27,21 @@ type EngineOptions struct {
 	Replica string        // this process's id in the registry; unique per process
 	Lease   time.Duration // REDIS_LEASE_TTL: a replica not heard of this long is dead
 
-	// Settings resolves a bot's effective presence settings (the
-	// environment's defaults, PRESENCE_BOTS_FILE, run-time changes).
-	Settings     func(botID string) presence.Settings
+	// Bots are the bots' effective settings (the environment's defaults,
+	// PRESENCE_BOTS_FILE, run-time changes, which live in Redis: BotStore).
+	// Reloaded every lease/3, so another replica's change shows within that.
+	Bots         *presence.Bots
 	Detect       presence.Detect
 	HandoffStart rules.Set
 	HandoffEnd   rules.Set
 	Ignore       rules.Set
 
 	Sweep time.Duration // how often every shard's due deadlines are swept (default 250ms)
-	Log   *zap.Logger
-	Wake  func() // called after notifications were queued
+	// Lag, when not nil, gets each decision's lag: how long after its due
+	// time (both by Redis's clock) a sweep decided it.
+	Lag  func(time.Duration)
+	Log  *zap.Logger
+	Wake func() // called after notifications were queued
 }
 
 // Engine feeds the proxy's events to the cluster's state in Redis and
@@ -53,11 +59,15 @@ type Engine struct {
 	connsMu sync.Mutex
 	conns   map[event.ConnID]*connInfo
 
-	healthy    atomic.Bool  // the last Redis call succeeded
+	healthy    atomic.Bool // the last Redis call succeeded
+	lastErr    atomic.Pointer[string]
 	sweepAfter atomic.Int64 // Unix ns: no sweep before (a lease after Redis came back)
 
 	counts struct {
-		decisions, queued, returned, redisErrors, reasserts, reaped atomic.Uint64
+		decisions, queued, returned, redisErrors, reasserts, reaped       atomic.Uint64
+		offline, online, handoffOn, handoffOff, idsRefused, untrackedReqs atomic.Uint64
+		renewals, renewFailures                                           atomic.Uint64
+		untrackedConns                                                    atomic.Int64
 	}
 }
 
@@ -78,8 +88,8 @@ func NewEngine(o EngineOptions) (*Engine, error) {
 		return nil, errors.New("cluster: no replica id")
 	case o.Lease <= 0:
 		return nil, errors.New("cluster: the lease must be positive")
-	case o.Settings == nil:
-		return nil, errors.New("cluster: no settings")
+	case o.Bots == nil:
+		return nil, errors.New("cluster: no bot settings")
 	}
 	if o.Sweep <= 0 {
 		o.Sweep = 250 * time.Millisecond
@@ -97,13 +107,30 @@ func NewEngine(o EngineOptions) (*Engine, error) {
 
 // ConnOpened implements event.Observer.
 func (e *Engine) ConnOpened(id event.ConnID, o event.Open) {
-	c := &connInfo{sid: o.Who.SessionID, bot: o.Who.BotID, trace: o.Trace}
+	who := e.bound(o.Who)
+	c := &connInfo{sid: who.SessionID, bot: who.BotID, trace: o.Trace}
 	e.connsMu.Lock()
 	e.conns[id] = c
 	e.connsMu.Unlock()
-	if c.sid != "" {
-		e.attach(c.sid, c.bot, c.trace)
+	if c.sid == "" {
+		e.counts.untrackedConns.Add(1)
+		return
 	}
+	e.attach(c.sid, c.bot, c.trace)
+}
+
+// bound drops ids over store.MaxIDBytes (they are not tracked, as in the
+// embedded engine): a key is never built from an unbounded client string.
+func (e *Engine) bound(who event.Identity) event.Identity {
+	if len(who.SessionID) > store.MaxIDBytes {
+		who.SessionID = ""
+		e.counts.idsRefused.Add(1)
+	}
+	if len(who.BotID) > store.MaxIDBytes {
+		who.BotID = ""
+		e.counts.idsRefused.Add(1)
+	}
+	return who
 }
 
 func (e *Engine) attach(sid, bot, trace string) {
@@ -121,6 +148,7 @@ func (e *Engine) attach(sid, bot, trace string) {
 
 // ConnIdentified implements event.Observer.
 func (e *Engine) ConnIdentified(id event.ConnID, who event.Identity) {
+	who = e.bound(who)
 	e.connsMu.Lock()
 	c := e.conns[id]
 	attach := c != nil && c.sid == "" && who.SessionID != ""
@@ -136,6 +164,7 @@ func (e *Engine) ConnIdentified(id event.ConnID, who event.Identity) {
 	}
 	e.connsMu.Unlock()
 	if attach {
+		e.counts.untrackedConns.Add(-1)
 		e.attach(who.SessionID, bot, trace)
 	}
 }
@@ -161,7 +190,7 @@ func (e *Engine) Message(id event.ConnID, dir event.Direction, m event.Message) 
 			handoff = -1
 		}
 	}
-	activity := dir == event.FromClient && e.o.Settings(bot).Mode == presence.ModeActivity &&
+	activity := dir == event.FromClient && e.o.Bots.Settings(bot).Mode == presence.ModeActivity &&
 		!e.o.Ignore.Match(event.FromClient, m.Prefix)
 	if handoff == 0 && !activity {
 		return
@@ -185,6 +214,9 @@ func (e *Engine) ConnClosed(id event.ConnID, reason event.CloseReason) {
 	c := e.conns[id]
 	delete(e.conns, id)
 	e.connsMu.Unlock()
+	if c != nil && c.sid == "" {
+		e.counts.untrackedConns.Add(-1)
+	}
 	if c == nil || c.sid == "" || reason == event.CloseShutdown {
 		return
 	}
@@ -205,7 +237,9 @@ func (e *Engine) HTTPRequest(r event.Request) { e.sign(r) }
 func (e *Engine) UpgradeFailed(r event.Request) { e.sign(r) }
 
 func (e *Engine) sign(r event.Request) {
+	r.Who = e.bound(r.Who)
 	if r.Who.SessionID == "" {
+		e.counts.untrackedReqs.Add(1)
 		return
 	}
 	var handoff int8
@@ -234,12 +268,31 @@ func (e *Engine) sign(r event.Request) {
 
 // SetHandoff starts or ends a session's hand-over (the admin API). Unlike
 // the rules it waits for Redis: the caller wants to know it took effect.
-func (e *Engine) SetHandoff(ctx context.Context, sid, bot string, on bool) error {
+func (e *Engine) SetHandoff(sid, bot string, on bool) error {
 	if !e.o.Detect.API {
 		return presence.ErrAPIDisabled
 	}
-	_, err := e.o.State.Handoff(ctx, sid, bot, on)
-	return err
+	if len(sid) > store.MaxIDBytes || len(bot) > store.MaxIDBytes {
+		return presence.ErrIDTooLong
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), redisstate.CallTimeout)
+	defer cancel()
+	changed, err := e.o.State.Handoff(ctx, sid, bot, on)
+	if err != nil {
+		e.redisFailed(err)
+		return fmt.Errorf("cluster: Redis: %w", err)
+	}
+	e.countHandoff(changed, on)
+	return nil
+}
+
+func (e *Engine) countHandoff(changed, on bool) {
+	switch {
+	case changed && on:
+		e.counts.handoffOn.Add(1)
+	case changed:
+		e.counts.handoffOff.Add(1)
+	}
 }
 
 // ---- the writer, the sweeper, the registry ----
@@ -302,13 +355,15 @@ func (e *Engine) writeDirty(ctx context.Context) (failed bool) {
 func (e *Engine) write(ctx context.Context, p pending) (queued bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, redisstate.CallTimeout)
 	defer cancel()
-	set := e.o.Settings(p.bot)
+	set := e.o.Bots.Settings(p.bot)
 	ev := redisstate.Event{Bot: p.bot, Mode: redisstate.Mode{Activity: set.Mode == presence.ModeActivity, Interval: set.CheckInterval},
 		HandedOver: e.o.Detect.Always, ReturnText: set.ReturnText(), TraceParent: p.trace}
 	if p.handoff != 0 {
-		if _, err := e.o.State.Handoff(ctx, p.sid, p.bot, p.handoff > 0); err != nil {
+		changed, err := e.o.State.Handoff(ctx, p.sid, p.bot, p.handoff > 0)
+		if err != nil {
 			return false, err
 		}
+		e.countHandoff(changed, p.handoff > 0)
 	}
 	if p.connsDirty {
 		sg, _, err := e.o.State.Conns(ctx, p.sid, e.o.Replica, p.conns, ev)
@@ -335,12 +390,15 @@ func (e *Engine) noteSign(sid string, sg redisstate.Sign) bool {
 	}
 	if sg.Queued {
 		e.counts.queued.Add(1)
+		e.counts.online.Add(1)
 	}
 	return sg.Queued
 }
 
 func (e *Engine) redisFailed(err error) {
 	e.counts.redisErrors.Add(1)
+	msg := err.Error()
+	e.lastErr.Store(&msg)
 	if e.healthy.Swap(false) {
 		e.log.Error("presence: Redis is unreachable; decisions pause, connection changes are kept and replayed", zap.Error(err))
 	}
@@ -358,6 +416,19 @@ func (e *Engine) redisOK() {
 // Healthy reports whether the last call to Redis succeeded (/readyz).
 func (e *Engine) Healthy() bool { return e.healthy.Load() }
 
+// RedisTrouble says why presence is degraded ("" when Redis answers):
+// /readyz shows it without failing, since the data plane is unaffected.
+func (e *Engine) RedisTrouble() string {
+	if e.healthy.Load() {
+		return ""
+	}
+	why := "not reached yet"
+	if m := e.lastErr.Load(); m != nil {
+		why = "unreachable (" + *m + ")"
+	}
+	return why + "; decisions paused, connection changes kept for replay"
+}
+
 func (e *Engine) registryLoop(ctx context.Context) {
 	tick := time.NewTicker(e.o.Lease / 3)
 	defer tick.Stop()
@@ -371,15 +442,21 @@ func (e *Engine) registryLoop(ctx context.Context) {
 	}
 }
 
-// registryRound renews this replica's lease and reaps the lapsed ones.
+// registryRound renews this replica's lease, reaps the lapsed ones and
+// reloads the bots' settings.
 func (e *Engine) registryRound(parent context.Context) {
 	ctx, cancel := context.WithTimeout(parent, e.o.Lease)
 	defer cancel()
+	if err := e.o.Bots.Reload(); err != nil {
+		e.log.Debug("presence: bot settings not reloaded", zap.Error(err))
+	}
 	{
 		_, lapsed, err := e.o.State.Renew(ctx, e.o.Replica, e.o.Lease)
 		if err != nil {
+			e.counts.renewFailures.Add(1)
 			e.redisFailed(err)
 		} else {
+			e.counts.renewals.Add(1)
 			e.redisOK()
 		}
 		if err == nil && lapsed {
@@ -443,8 +520,12 @@ func (e *Engine) sweep(parent context.Context) (woke bool) {
 			}
 			for _, d := range ds {
 				e.counts.decisions.Add(1)
+				if e.o.Lag != nil && !d.Due.IsZero() {
+					e.o.Lag(max(d.At.Sub(d.Due), 0))
+				}
 				if d.Queued {
 					e.counts.queued.Add(1)
+					e.counts.offline.Add(1)
 					woke = true
 				}
 				e.log.Info("presence: client absent", zap.String("session", d.SessionID),
@@ -455,19 +536,21 @@ func (e *Engine) sweep(parent context.Context) (woke bool) {
 	return woke
 }
 
-// Stats are the engine's counters since start.
-type Stats struct {
+// ClusterStats are the engine's own counters since start (metrics).
+type ClusterStats struct {
 	Decisions, Queued, Returned, RedisErrors, Reasserts, ReapedReplicas uint64
+	Renewals, RenewFailures                                             uint64
 	LedgerSessions, LedgerConnections, LedgerDirty                      int
 	Healthy                                                             bool
 }
 
-// Stats returns the engine's counters.
-func (e *Engine) Stats() Stats {
+// ClusterStats returns the engine's own counters.
+func (e *Engine) ClusterStats() ClusterStats {
 	s, c, d := e.ledger.size()
-	return Stats{
+	return ClusterStats{
 		Decisions: e.counts.decisions.Load(), Queued: e.counts.queued.Load(), Returned: e.counts.returned.Load(),
 		RedisErrors: e.counts.redisErrors.Load(), Reasserts: e.counts.reasserts.Load(), ReapedReplicas: e.counts.reaped.Load(),
+		Renewals: e.counts.renewals.Load(), RenewFailures: e.counts.renewFailures.Load(),
 		LedgerSessions: s, LedgerConnections: c, LedgerDirty: d, Healthy: e.healthy.Load(),
 	}
 }

@@ -48,14 +48,22 @@ func queuedNotes(t *testing.T, s *redisstate.State) []redisstate.Note {
 
 var transfer = []byte(`{"action":"end_conversation","data":{"isTransfer":true}}`)
 
+func bots(t *testing.T, s *redisstate.State) *presence.Bots {
+	t.Helper()
+	b, err := presence.NewBots(presence.Settings{Enabled: true, CheckInterval: interval, Mode: presence.ModeConnection},
+		true, nil, BotStore(s), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 // replica runs an Engine as replica id over s until the test ends.
 func replica(t *testing.T, s *redisstate.State, id string) *Engine {
 	t.Helper()
 	e, err := NewEngine(EngineOptions{
 		State: s, Replica: id, Lease: lease, Sweep: 50 * time.Millisecond,
-		Settings: func(string) presence.Settings {
-			return presence.Settings{Enabled: true, CheckInterval: interval, Mode: presence.ModeConnection}
-		},
+		Bots:         bots(t, s),
 		Detect:       presence.Detect{Rules: true, API: true},
 		HandoffStart: rules.MustParse("server:data.isTransfer=true", event.FromClient),
 	})
@@ -110,7 +118,7 @@ func TestRedisAwayThenBackEmpty(t *testing.T) {
 	handed := event.Identity{SessionID: "stays", BotID: "bot"}
 	a.ConnOpened(1, event.Open{Who: handed})
 	a.Message(1, event.FromServer, event.Message{Text: true, Prefix: transfer})
-	testutil.Eventually(t, 5*time.Second, "the ledger written", func() bool { return a.Stats().LedgerDirty == 0 })
+	testutil.Eventually(t, 5*time.Second, "the ledger written", func() bool { return a.ClusterStats().LedgerDirty == 0 })
 
 	srv.Kill()
 	start := time.Now()
@@ -123,7 +131,7 @@ func TestRedisAwayThenBackEmpty(t *testing.T) {
 
 	srv.Restart()
 	testutil.Eventually(t, 10*time.Second, "the live connection re-asserted", func() bool {
-		return a.Healthy() && a.Stats().Reasserts > 0 && a.Stats().LedgerDirty == 0
+		return a.Healthy() && a.ClusterStats().Reasserts > 0 && a.ClusterStats().LedgerDirty == 0
 	})
 	time.Sleep(lease + 2*interval)
 	for _, n := range queuedNotes(t, s) {

@@ -21,7 +21,7 @@ func (s *State) registryKey() string { return s.o.Prefix + "replicas" }
 // lapsed or was missing (the replica was paused past its lease, or Redis
 // lost it): the replica must then reap itself and re-assert its connections.
 func (s *State) Renew(ctx context.Context, replica string, ttl time.Duration) (now time.Time, lapsed bool, err error) {
-	v, err := renewScript.Exec(ctx, s.c, []string{s.registryKey()}, []string{replica, ms(ttl)}).AsIntSlice()
+	v, err := s.exec(ctx, renewScript, []string{s.registryKey()}, []string{replica, ms(ttl)}).AsIntSlice()
 	if err != nil || len(v) != 2 {
 		return time.Time{}, false, err
 	}
@@ -37,7 +37,7 @@ type LapsedReplica struct {
 
 // Lapsed lists the replicas whose lease lapsed.
 func (s *State) Lapsed(ctx context.Context) ([]LapsedReplica, error) {
-	v, err := lapsedScript.Exec(ctx, s.c, []string{s.registryKey()}, nil).AsStrSlice()
+	v, err := s.exec(ctx, lapsedScript, []string{s.registryKey()}, nil).AsStrSlice()
 	if err != nil {
 		return nil, err
 	}
@@ -60,6 +60,6 @@ func (s *State) ReapReplica(ctx context.Context, r LapsedReplica) (sessions int6
 		}
 		sessions += c
 	}
-	_, err = retireScript.Exec(ctx, s.c, []string{s.registryKey()}, []string{r.ID, r.score}).AsInt64()
+	_, err = s.exec(ctx, retireScript, []string{s.registryKey()}, []string{r.ID, r.score}).AsInt64()
 	return sessions, err
 }

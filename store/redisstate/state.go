@@ -19,9 +19,13 @@
 //	P{N}:q:SID       list   the session's notifications still to deliver, oldest first
 //	P{N}:ready       zset   SID → when its queue's head is due (ms)
 //	P{N}:lease:SID   string the deliverer leasing the head: OWNER/TOKEN, with a TTL
+//	P{N}:held        hash   SID → owner of the last lease of its head not yet acked (takeovers)
 //	P{N}:fence       int    fencing tokens of the shard's leases
+//	P{N}:depth       int    notifications queued in the shard's queues (the outbox depth)
 //	P{N}:dead        list   dead letters; P{N}:deadep hash: episodes whose /expire died
 //	P{N}:recent      list   the last delivered or dead notifications
+//
+// Outside the shards: P + "replicas" (registry.go) and P + "bots".
 package redisstate
 
 import (
@@ -52,7 +56,13 @@ const Shards = 64
 //go:embed lua/*.lua
 var luaFiles embed.FS
 
-func script(name string) *rueidis.Lua {
+// luaScript is a script and the name Options.Observe reports its runs by.
+type luaScript struct {
+	name string
+	lua  *rueidis.Lua
+}
+
+func script(name string) luaScript {
 	prelude, err := luaFiles.ReadFile("lua/prelude.lua")
 	if err != nil {
 		panic(err)
@@ -61,7 +71,7 @@ func script(name string) *rueidis.Lua {
 	if err != nil {
 		panic(err)
 	}
-	return rueidis.NewLuaScript(string(prelude) + "\n" + string(body))
+	return luaScript{name: name, lua: rueidis.NewLuaScript(string(prelude) + "\n" + string(body))}
 }
 
 var (
@@ -72,6 +82,7 @@ var (
 	reapScript     = script("reap")
 	claimScript    = script("claim")
 	ackScript      = script("ack")
+	replayScript   = script("replay")
 )
 
 // Options configure a State.
@@ -80,12 +91,20 @@ type Options struct {
 	ForgetAfter time.Duration // a session without connections is dropped this long after it was last written
 	DeadLetters int           // dead letters kept per shard (default 1000)
 	Recent      int           // delivered or dead notifications kept per shard for operators (default 50)
+
+	// Observe, if set, is called after every script run and every other
+	// round trip to Redis, with the script's name ("conns", "fire", "claim",
+	// "ack", "renew"...) or the call's ("session", "scan", "depth"...), how
+	// long it took and its error (nil for success, a nil reply included):
+	// the caller's metrics and traces of Redis. It must not block.
+	Observe func(call string, took time.Duration, err error)
 }
 
 // State runs the scripts. It is safe for concurrent use.
 type State struct {
-	c rueidis.Client
-	o Options
+	c      rueidis.Client
+	o      Options
+	closer rueidis.Client // Dial's client, closed by Close; nil for New's
 }
 
 // New returns a State over c.
@@ -173,7 +192,7 @@ type Event struct {
 // absent. It returns the sign and the session's connections on all replicas.
 func (s *State) Conns(ctx context.Context, sid, replica string, count int, e Event) (Sign, int64, error) {
 	p, key := s.sessionKey(sid)
-	v, err := connsScript.Exec(ctx, s.c, []string{key},
+	v, err := s.exec(ctx, connsScript, []string{key},
 		[]string{p, sid, replica, strconv.Itoa(count), e.Bot, e.Mode.name(), ms(e.Mode.Interval), flag(e.HandedOver),
 			e.ReturnText, e.TraceParent, ms(s.o.ForgetAfter)}).AsIntSlice()
 	if err != nil {
@@ -190,7 +209,7 @@ func (s *State) Conns(ctx context.Context, sid, replica string, count int, e Eve
 // request of the session, or a client message in activity mode.
 func (s *State) Activity(ctx context.Context, sid string, e Event) (Sign, error) {
 	p, key := s.sessionKey(sid)
-	return sign(activityScript.Exec(ctx, s.c, []string{key},
+	return sign(s.exec(ctx, activityScript, []string{key},
 		[]string{p, sid, e.Bot, e.Mode.name(), ms(e.Mode.Interval), flag(e.HandedOver), e.ReturnText, e.TraceParent, ms(s.o.ForgetAfter)}).AsIntSlice())
 }
 
@@ -198,7 +217,7 @@ func (s *State) Activity(ctx context.Context, sid string, e Event) (Sign, error)
 // whether that changed anything.
 func (s *State) Handoff(ctx context.Context, sid, bot string, on bool) (bool, error) {
 	p, key := s.sessionKey(sid)
-	v, err := handoffScript.Exec(ctx, s.c, []string{key}, []string{p, sid, flag(on), bot, ms(s.o.ForgetAfter)}).AsInt64()
+	v, err := s.exec(ctx, handoffScript, []string{key}, []string{p, sid, flag(on), bot, ms(s.o.ForgetAfter)}).AsInt64()
 	return v == 1, err
 }
 
@@ -208,22 +227,30 @@ type Decision struct {
 	Episode   uint64
 	Reason    string // disconnected or inactive
 	Queued    bool   // its /expire was queued (the session is handed over)
+	// Due is the deadline that fired and At when the sweep decided it, both
+	// by Redis's clock: At - Due is the decision's lag, how late the sweep
+	// was.
+	Due, At time.Time
 }
 
 // Fire decides up to limit of shard's sessions whose deadline is due.
 func (s *State) Fire(ctx context.Context, shard, limit int) ([]Decision, error) {
 	p := s.shardPrefix(shard)
-	v, err := fireScript.Exec(ctx, s.c, []string{p + "due"}, []string{p, strconv.Itoa(limit), ms(s.o.ForgetAfter)}).ToArray()
+	v, err := s.exec(ctx, fireScript, []string{p + "due"}, []string{p, strconv.Itoa(limit), ms(s.o.ForgetAfter)}).ToArray()
 	if err != nil {
 		return nil, err
 	}
-	out := make([]Decision, 0, len(v)/4)
-	for i := 0; i+3 < len(v); i += 4 {
+	const fields = 6 // per decision, as fire.lua returns them
+	out := make([]Decision, 0, len(v)/fields)
+	for i := 0; i+fields-1 < len(v); i += fields {
 		sid, _ := v[i].ToString()
 		ep, _ := v[i+1].AsInt64()
 		reason, _ := v[i+2].ToString()
 		queued, _ := v[i+3].AsInt64()
-		out = append(out, Decision{SessionID: sid, Episode: uint64(ep), Reason: reason, Queued: queued == 1})
+		due, _ := v[i+4].AsInt64()
+		at, _ := v[i+5].AsInt64()
+		out = append(out, Decision{SessionID: sid, Episode: uint64(ep), Reason: reason, Queued: queued == 1,
+			Due: msTime(due), At: msTime(at)})
 	}
 	return out, nil
 }
@@ -232,7 +259,7 @@ func (s *State) Fire(ctx context.Context, shard, limit int) ([]Decision, error) 
 // left without connections start their interval at lapse.
 func (s *State) Reap(ctx context.Context, shard int, replica string, lapse time.Time) (int64, error) {
 	p := s.shardPrefix(shard)
-	return reapScript.Exec(ctx, s.c, []string{p + "r:" + replica},
+	return s.exec(ctx, reapScript, []string{p + "r:" + replica},
 		[]string{p, replica, strconv.FormatInt(lapse.UnixMilli(), 10), ms(s.o.ForgetAfter)}).AsInt64()
 }
 
@@ -254,6 +281,7 @@ type Note struct {
 	Attempts   int    `json:"attempts,omitempty"`
 	LastError  string `json:"err,omitempty"`
 	LastStatus int    `json:"status,omitempty"`
+	Replayed   int64  `json:"replayed,omitempty"` // when Replay put it back: its retry horizon starts again here
 }
 
 // Lease is a claimed queue head: the deliverer owns it until it acks or the
@@ -263,21 +291,28 @@ type Lease struct {
 	Token       string // OWNER/TOKEN, the fencing value Ack presents
 	Note        Note
 	DeadEpisode bool // a return message whose episode's /expire was dead-lettered
+	// TakenOver: the head was last leased by another owner, whose lease
+	// lapsed without an ack: a dead or stalled replica's work, now this
+	// deliverer's (docs/ARCHITECTURE.md, "Outbox takeover without
+	// reordering"). It may have been sent already: at least once.
+	TakenOver bool
 }
 
 // Claim leases up to limit due queue heads of shard for owner.
 func (s *State) Claim(ctx context.Context, shard int, owner string, lease time.Duration, limit int) ([]Lease, error) {
 	p := s.shardPrefix(shard)
-	v, err := claimScript.Exec(ctx, s.c, []string{p + "ready"}, []string{p, owner, ms(lease), strconv.Itoa(limit)}).ToArray()
+	v, err := s.exec(ctx, claimScript, []string{p + "ready"}, []string{p, owner, ms(lease), strconv.Itoa(limit)}).ToArray()
 	if err != nil {
 		return nil, err
 	}
-	out := make([]Lease, 0, len(v)/4)
-	for i := 0; i+3 < len(v); i += 4 {
+	const fields = 5 // per lease, as claim.lua returns them
+	out := make([]Lease, 0, len(v)/fields)
+	for i := 0; i+fields-1 < len(v); i += fields {
 		token, _ := v[i+1].AsInt64()
 		head, _ := v[i+2].ToString()
 		dead, _ := v[i+3].AsInt64()
-		l := Lease{Shard: shard, Token: owner + "/" + strconv.FormatInt(token, 10), DeadEpisode: dead == 1}
+		taken, _ := v[i+4].AsInt64()
+		l := Lease{Shard: shard, Token: owner + "/" + strconv.FormatInt(token, 10), DeadEpisode: dead == 1, TakenOver: taken == 1}
 		if err := json.Unmarshal([]byte(head), &l.Note); err != nil {
 			return out, fmt.Errorf("redisstate: a queued notification does not decode: %w", err)
 		}
@@ -291,7 +326,7 @@ func (s *State) Claim(ctx context.Context, shard int, owner string, lease time.D
 // message's dead letter, as the embedded deliverer does.
 func (s *State) DeadExpire(ctx context.Context, l Lease) (string, error) {
 	p := s.shardPrefix(l.Shard)
-	return s.c.Do(ctx, s.c.B().Hget().Key(p+"deadep").
+	return s.do(ctx, "deadep", s.c.B().Hget().Key(p+"deadep").
 		Field(l.Note.SessionID+"\n"+strconv.FormatUint(l.Note.Episode, 10)).Build()).ToString()
 }
 
@@ -313,7 +348,7 @@ func (s *State) Ack(ctx context.Context, l Lease, outcome Outcome, n Note, next 
 	if err != nil {
 		return false, err
 	}
-	v, err := ackScript.Exec(ctx, s.c, []string{p + "lease:" + n.SessionID},
+	v, err := s.exec(ctx, ackScript, []string{p + "lease:" + n.SessionID},
 		[]string{p, n.SessionID, l.Token, string(outcome), string(head), strconv.FormatInt(next.UnixMilli(), 10),
 			strconv.Itoa(s.o.DeadLetters), strconv.Itoa(s.o.Recent)}).AsInt64()
 	return v == 1, err
@@ -332,6 +367,7 @@ type SessionState struct {
 	Conns      int64            `json:"conns"`
 	Replicas   map[string]int64 `json:"replicas,omitempty"` // replica → its live connections
 	LastSeenAt time.Time        `json:"lastSeenAt"`
+	AbsentAt   time.Time        `json:"absentAt,omitzero"` // when the current absence was decided
 	Deadline   time.Time        `json:"deadline,omitzero"`
 	Reason     string           `json:"reason,omitempty"`
 }
@@ -339,19 +375,20 @@ type SessionState struct {
 // Session reads sid's state; false when Redis has none.
 func (s *State) Session(ctx context.Context, sid string) (SessionState, bool, error) {
 	_, key := s.sessionKey(sid)
-	m, err := s.c.Do(ctx, s.c.B().Hgetall().Key(key).Build()).AsStrMap()
+	m, err := s.do(ctx, "session", s.c.B().Hgetall().Key(key).Build()).AsStrMap()
 	if err != nil || len(m) == 0 {
 		return SessionState{}, false, err
 	}
+	return parseSession(sid, m), true, nil
+}
+
+// parseSession is session sid from the fields of its hash (conns.lua and
+// the prelude's create write them).
+func parseSession(sid string, m map[string]string) SessionState {
 	i := func(k string) int64 { v, _ := strconv.ParseInt(m[k], 10, 64); return v }
-	t := func(k string) time.Time {
-		if v := i(k); v > 0 {
-			return time.UnixMilli(v).UTC()
-		}
-		return time.Time{}
-	}
+	t := func(k string) time.Time { return msTime(i(k)) }
 	out := SessionState{ID: sid, BotID: m["bot"], Absent: m["st"] == "a", HandedOver: m["ho"] == "1",
-		Episode: uint64(i("ep")), ExpireSent: m["xs"] == "1", Conns: i("n"), LastSeenAt: t("seen"),
+		Episode: uint64(i("ep")), ExpireSent: m["xs"] == "1", Conns: i("n"), LastSeenAt: t("seen"), AbsentAt: t("ab"),
 		Deadline: t("dl"), Reason: m["rs"]}
 	for k, v := range m {
 		if r, ok := strings.CutPrefix(k, "c:"); ok {
@@ -361,7 +398,16 @@ func (s *State) Session(ctx context.Context, sid string) (SessionState, bool, er
 			out.Replicas[r], _ = strconv.ParseInt(v, 10, 64)
 		}
 	}
-	return out, true, nil
+	return out
+}
+
+// msTime is Unix ms as a UTC time; 0 (or below, never written) is the zero
+// time.
+func msTime(v int64) time.Time {
+	if v > 0 {
+		return time.UnixMilli(v).UTC()
+	}
+	return time.Time{}
 }
 
 // The per-bot settings changed at run time live in one hash, P + "bots"
@@ -374,12 +420,12 @@ func (s *State) PutBot(ctx context.Context, botID string, b store.BotSettings) e
 	if err != nil {
 		return err
 	}
-	return s.c.Do(ctx, s.c.B().Hset().Key(s.botsKey()).FieldValue().FieldValue(botID, string(v)).Build()).Error()
+	return s.do(ctx, "putbot", s.c.B().Hset().Key(s.botsKey()).FieldValue().FieldValue(botID, string(v)).Build()).Error()
 }
 
 // Bots reads every bot's run-time settings.
 func (s *State) Bots(ctx context.Context) (map[string]store.BotSettings, error) {
-	m, err := s.c.Do(ctx, s.c.B().Hgetall().Key(s.botsKey()).Build()).AsStrMap()
+	m, err := s.do(ctx, "bots", s.c.B().Hgetall().Key(s.botsKey()).Build()).AsStrMap()
 	if err != nil {
 		return nil, err
 	}

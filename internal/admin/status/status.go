@@ -34,19 +34,27 @@ import (
 //go:embed page.html
 var pageHTML string
 
-// Presence is what the page reads from the presence engine.
+// Presence is what the page reads of presence (admin.Presence has it).
 type Presence interface {
 	Sessions() []presence.View
 	Stats() presence.Stats
 	BotSettings(botID string) presence.Settings
+	BotIDs() []string
 }
 
-// Options are the page's sources. Presence and Store are nil when presence
+// Outbox is what the page reads of the notifications (admin.Outbox has it).
+type Outbox interface {
+	Pending(limit int) ([]store.Notification, int, error)
+	Recent(limit int) ([]store.Notification, error)
+	DeadLetters() ([]store.Notification, error)
+}
+
+// Options are the page's sources. Presence and Outbox are nil when presence
 // monitoring is off.
 type Options struct {
 	Config   config.Config
 	Presence Presence
-	Store    store.Store
+	Outbox   Outbox
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// Refresh is the default reload period (default 2s).
@@ -54,16 +62,6 @@ type Options struct {
 	// MaxSessions and MaxNotifications bound the tables (defaults 200 and 25).
 	MaxSessions      int
 	MaxNotifications int
-}
-
-// Handler is the status page of a wired sidecar. eng and st are nil when
-// presence monitoring is off.
-func Handler(cfg config.Config, eng *presence.Engine, st store.Store) http.Handler {
-	o := Options{Config: cfg, Store: st}
-	if eng != nil { // a nil *Engine must not become a non-nil interface
-		o.Presence = eng
-	}
-	return New(o)
 }
 
 // New builds the page handler from o.
@@ -266,26 +264,23 @@ func (p *page) data(refresh time.Duration) data {
 		d.Sessions = append(d.Sessions, row)
 	}
 
-	if p.o.Store != nil {
-		if pend, err := p.o.Store.Pending(); err != nil {
+	if p.o.Outbox != nil {
+		if pend, total, err := p.o.Outbox.Pending(p.o.MaxNotifications); err != nil {
 			d.Errors = append(d.Errors, "outbox: "+err.Error())
 		} else {
-			d.Pending = len(pend)
-			for i, n := range pend {
-				if i >= p.o.MaxNotifications {
-					break
-				}
+			d.Pending = total
+			for _, n := range pend {
 				d.PendingNotes = append(d.PendingNotes, p.note(n, now))
 			}
 		}
-		if rec, err := p.o.Store.Recent(p.o.MaxNotifications); err != nil {
+		if rec, err := p.o.Outbox.Recent(p.o.MaxNotifications); err != nil {
 			d.Errors = append(d.Errors, "recent notifications: "+err.Error())
 		} else {
 			for _, n := range rec {
 				d.RecentNotes = append(d.RecentNotes, p.note(n, now))
 			}
 		}
-		if dead, err := p.o.Store.DeadLetters(); err != nil {
+		if dead, err := p.o.Outbox.DeadLetters(); err != nil {
 			d.Errors = append(d.Errors, "dead letters: "+err.Error())
 		} else {
 			d.DeadCount = len(dead)
@@ -294,13 +289,9 @@ func (p *page) data(refresh time.Duration) data {
 				d.DeadNotes = append(d.DeadNotes, p.note(dead[i], now))
 			}
 		}
-		if stored, err := p.o.Store.Bots(); err != nil {
-			d.Errors = append(d.Errors, "bot settings: "+err.Error())
-		} else {
-			for id := range stored {
-				bots[id] = true
-			}
-		}
+	}
+	for _, id := range p.o.Presence.BotIDs() {
+		bots[id] = true
 	}
 	for _, id := range slices.Sorted(maps.Keys(bots)) {
 		s := p.o.Presence.BotSettings(id)

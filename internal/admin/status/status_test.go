@@ -49,6 +49,7 @@ func (f *fakePresence) Stats() presence.Stats {
 	return st
 }
 func (f *fakePresence) BotSettings(string) presence.Settings { return f.def }
+func (f *fakePresence) BotIDs() []string                     { return nil }
 
 func get(t *testing.T, h http.Handler, target string, hdr ...string) (*http.Response, string) {
 	t.Helper()
@@ -73,7 +74,7 @@ func mustContain(t *testing.T, body string, want ...string) {
 
 func TestPresenceOff(t *testing.T) {
 	// The wiring path: a sidecar with PRESENCE_ENABLED=false has no engine and no store.
-	h := Handler(loadConfig(t), nil, nil)
+	h := New(Options{Config: loadConfig(t)})
 	resp, body := get(t, h, "/")
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d", resp.StatusCode)
@@ -127,7 +128,7 @@ func TestSessionsAndNotifications(t *testing.T) {
 	}}
 	cfg := loadConfig(t, "PRESENCE_ENABLED=true", "HANDOFF_URL=https://agent:pw@human.example/api",
 		"HANDOFF_TOKEN=tok-SECRET-1", "HANDOFF_SIGNING_SECRET=whsec_c2VjcmV0LWtleS1zZWNyZXQ=")
-	h := New(Options{Config: cfg, Presence: fp, Store: seedStore(t), Now: func() time.Time { return now }})
+	h := New(Options{Config: cfg, Presence: fp, Outbox: storeOutbox{seedStore(t)}, Now: func() time.Time { return now }})
 	resp, body := get(t, h, "/")
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
@@ -173,7 +174,7 @@ func TestEmptyAndLimits(t *testing.T) {
 	for i := range 5 {
 		fp.views = append(fp.views, presence.View{Session: store.Session{ID: "s" + string(rune('a'+i)), LastSeenAt: now}, Settings: def})
 	}
-	h := New(Options{Config: loadConfig(t, "PRESENCE_ENABLED=true", "HANDOFF_URL=http://h"), Presence: fp, Store: store.NewMemory(),
+	h := New(Options{Config: loadConfig(t, "PRESENCE_ENABLED=true", "HANDOFF_URL=http://h"), Presence: fp, Outbox: storeOutbox{store.NewMemory()},
 		Now: func() time.Time { return now }, MaxSessions: 3})
 	_, body := get(t, h, "/")
 	mustContain(t, body, "… and 2 more", `id="notes-empty"`)
@@ -184,6 +185,15 @@ func TestEmptyAndLimits(t *testing.T) {
 	fp.views = nil
 	_, body = get(t, h, "/")
 	mustContain(t, body, `id="sessions-empty"`)
+}
+
+// storeOutbox is the embedded deliverer's view of a store (handoff.Deliverer
+// reads its Store the same way).
+type storeOutbox struct{ store.Store }
+
+func (o storeOutbox) Pending(limit int) ([]store.Notification, int, error) {
+	p, err := o.Store.Pending()
+	return p[:min(len(p), limit)], len(p), err
 }
 
 type brokenStore struct{ store.Store }
@@ -198,7 +208,7 @@ func (brokenStore) Bots() (map[string]store.BotSettings, error) {
 }
 
 func TestStoreErrorsShowButDoNotBreak(t *testing.T) {
-	h := New(Options{Config: loadConfig(t, "PRESENCE_ENABLED=true", "HANDOFF_URL=http://h"), Presence: &fakePresence{}, Store: brokenStore{}})
+	h := New(Options{Config: loadConfig(t, "PRESENCE_ENABLED=true", "HANDOFF_URL=http://h"), Presence: &fakePresence{}, Outbox: storeOutbox{brokenStore{}}})
 	resp, body := get(t, h, "/")
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d", resp.StatusCode)

@@ -1,6 +1,9 @@
 -- ack: what became of a leased head. Refused (returns 0) unless the lease
 -- is still the caller's, by its fencing token: a deliverer whose lease
 -- lapsed (paused, partitioned) cannot remove what a survivor now owns.
+-- Any applied outcome clears the session from the shard's held hash: the
+-- head was answered for, so whoever leases the session next takes nothing
+-- over (claim).
 -- KEYS[1] the session's lease. ARGV: prefix, sid, owner/token, outcome
 -- (delivered, retry, dead), the head as it is now (JSON), next attempt ms
 -- (retry), dead letters kept, recent kept.
@@ -9,13 +12,14 @@ local p, sid, lease, outcome, head = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if redis.call('GET', KEYS[1]) ~= lease then return 0 end
 local q = p .. 'q:' .. sid
 local ready = p .. 'ready'
+redis.call('HDEL', p .. 'held', sid)
 if outcome == 'retry' then
   redis.call('LSET', q, 0, head)
   redis.call('ZADD', ready, num(ARGV[6]), sid)
   redis.call('DEL', KEYS[1])
   return 1
 end
-redis.call('LPOP', q)
+if redis.call('LPOP', q) then unqueued(p) end
 if outcome == 'dead' then
   redis.call('RPUSH', p .. 'dead', head)
   redis.call('LTRIM', p .. 'dead', -num(ARGV[7]), -1)

@@ -4,35 +4,49 @@
 -- a survivor takes over a dead replica's work (a lapsed lease is free again);
 -- each lease carries a fencing token, so a late answer of an old owner is
 -- refused (ack).
+-- The shard's held hash (sid → owner of the last lease not yet acked) tells
+-- a takeover apart: a head last leased by another owner and never acked is
+-- that owner's work, left by a dead or stalled deliverer. It holds only
+-- sessions whose head is leased or lapsed unanswered: ack clears the entry.
 -- KEYS[1] the shard's ready set. ARGV: prefix, owner, lease ms, limit.
 -- Returns a flat list: sid, token, head notification (JSON), its episode is
--- dead (1/0: a return message whose /expire was dead-lettered) per lease.
+-- dead (1/0: a return message whose /expire was dead-lettered), taken over
+-- (1/0) per lease.
 local p, owner, leasems, limit = ARGV[1], ARGV[2], num(ARGV[3]), num(ARGV[4])
 local now = now_ms()
+local held = p .. 'held'
 -- Heads leased by other deliverers stay in the ready set until acked, so
 -- the window looks past them (four times the limit, a bounded cost) and the
 -- limit counts only what this call leases.
 local ready = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit * 4)
 local out = {}
+local leased = 0
 for _, sid in ipairs(ready) do
-  if #out >= limit * 4 then break end
+  if leased >= limit then break end
   local lease = p .. 'lease:' .. sid
   if redis.call('EXISTS', lease) == 0 then
     local head = redis.call('LINDEX', p .. 'q:' .. sid, 0)
     if not head then
       redis.call('ZREM', KEYS[1], sid)
+      redis.call('HDEL', held, sid)
     else
       local token = redis.call('INCR', p .. 'fence')
       redis.call('SET', lease, owner .. '/' .. token, 'PX', leasems)
+      local prev = redis.call('HGET', held, sid)
+      redis.call('HSET', held, sid, owner)
       local n = cjson.decode(head)
       local dead = 0
       if n.kind == 'client.online' and redis.call('HEXISTS', p .. 'deadep', sid .. '\n' .. n.ep) == 1 then
         dead = 1
       end
+      local taken = 0
+      if prev and prev ~= owner then taken = 1 end
       table.insert(out, sid)
       table.insert(out, token)
       table.insert(out, head)
       table.insert(out, dead)
+      table.insert(out, taken)
+      leased = leased + 1
     end
   end
 end

@@ -4,7 +4,9 @@
 -- /expire is queued in the same step (transactional outbox), so replicas
 -- sweeping at once cannot decide one episode twice (invariant 2).
 -- KEYS[1] the shard's deadline set. ARGV: prefix, limit, forget after ms.
--- Returns a flat list: sid, episode, reason, queued (1/0) per decision.
+-- Returns a flat list: sid, episode, reason, queued (1/0), the deadline that
+-- fired (ms), when it was decided (Redis's now, ms) per decision: the two
+-- times give the caller the decision's lag behind its deadline.
 local p, limit, forget = ARGV[1], num(ARGV[2]), num(ARGV[3])
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
@@ -31,6 +33,8 @@ for i = 1, #due, 2 do
     table.insert(out, ep)
     table.insert(out, reason)
     table.insert(out, queued)
+    table.insert(out, at)
+    table.insert(out, now)
   elseif st[1] == 'p' and num(st[2]) > at then
     redis.call('ZADD', KEYS[1], num(st[2]), sid) -- moved meanwhile: keep the newer one
   end

@@ -26,11 +26,28 @@ local function create(h, now, handed)
   redis.call('HSET', h, 'st', 'p', 'ep', 0, 'ho', handed, 'xs', 0, 'seen', now, 'dl', 0, 'n', 0, 'inc', now)
 end
 
--- queue appends a notification to the session's outbox queue and makes the
--- session ready for delivery unless it already waits (its score is kept).
+-- enqueue appends head (JSON) to the session's outbox queue and makes the
+-- session ready for delivery at due unless it already waits (its score is
+-- kept: a head being retried holds the rest back). The shard's depth counts
+-- every queued notification, so that the outbox depth is one read per shard
+-- instead of a walk of every queue; ack takes it down (unqueued).
+local function enqueue(p, sid, head, due)
+  redis.call('RPUSH', p .. 'q:' .. sid, head)
+  redis.call('ZADD', p .. 'ready', 'NX', due, sid)
+  redis.call('INCR', p .. 'depth')
+end
+
+-- queue enqueues a notification just decided, due at once.
 local function queue(p, sid, note)
-  redis.call('RPUSH', p .. 'q:' .. sid, cjson.encode(note))
-  redis.call('ZADD', p .. 'ready', 'NX', note.at, sid)
+  enqueue(p, sid, cjson.encode(note), note.at)
+end
+
+-- unqueued takes a notification that left a queue off the shard's depth. It
+-- never goes below 0: queues written before the counter existed were never
+-- counted, and clamping keeps it at most the true depth, exact again once
+-- those queues drain.
+local function unqueued(p)
+  if redis.call('DECR', p .. 'depth') < 0 then redis.call('SET', p .. 'depth', 0) end
 end
 
 -- back: a sign of presence of session h at now. An absent session returns:
