@@ -198,7 +198,7 @@ func (e *Engine) Message(id event.ConnID, dir event.Direction, m event.Message) 
 	now := time.Now()
 	e.ledger.update(sid, func(en *entry) {
 		if handoff != 0 {
-			en.handoff = handoff
+			en.handoff, en.handedOver = handoff, handoff
 		}
 		if activity {
 			en.activityAt = now
@@ -261,7 +261,7 @@ func (e *Engine) sign(r event.Request) {
 			en.trace = r.Trace
 		}
 		if handoff != 0 {
-			en.handoff = handoff
+			en.handoff, en.handedOver = handoff, handoff
 		}
 	})
 }
@@ -357,7 +357,7 @@ func (e *Engine) write(ctx context.Context, p pending) (queued bool, err error) 
 	defer cancel()
 	set := e.o.Bots.Settings(p.bot)
 	ev := redisstate.Event{Bot: p.bot, Mode: redisstate.Mode{Activity: set.Mode == presence.ModeActivity, Interval: set.CheckInterval},
-		HandedOver: e.o.Detect.Always, ReturnText: set.ReturnText(), TraceParent: p.trace}
+		HandedOver: e.o.Detect.Always || p.handedOver > 0, ReturnText: set.ReturnText(), TraceParent: p.trace}
 	if p.handoff != 0 {
 		changed, err := e.o.State.Handoff(ctx, p.sid, p.bot, p.handoff > 0)
 		if err != nil {

@@ -139,4 +139,18 @@ func TestRedisAwayThenBackEmpty(t *testing.T) {
 			t.Fatalf("a connected session was decided absent after Redis came back: %+v", n)
 		}
 	}
+	// The rule-started hand-over was re-asserted with the connection: its
+	// leaving is still reported.
+	if st, ok, err := s.Session(context.Background(), "stays"); err != nil || !ok || !st.HandedOver {
+		t.Fatalf("after the wipe: %+v %v %v, want the session handed over again", st, ok, err)
+	}
+	a.ConnClosed(1, event.CloseClientGone)
+	testutil.Eventually(t, 10*time.Second, "the /expire of the re-asserted hand-over", func() bool {
+		for _, n := range queuedNotes(t, s) {
+			if n.SessionID == "stays" && n.Kind == "client.offline" {
+				return true
+			}
+		}
+		return false
+	})
 }

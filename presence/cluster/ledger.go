@@ -38,6 +38,11 @@ type entry struct {
 	activityAt time.Time // a sign of presence not yet sent (zero: none)
 
 	handoff int8 // hand-over change to send: +1 start, -1 end, 0 none
+	// handedOver is the last hand-over change this replica saw for the
+	// session (+1, -1, 0 none). A session Redis does not have (it came back
+	// empty) is created handed over when the last change was a start; one it
+	// has keeps its own state, which may be newer than ours.
+	handedOver int8
 }
 
 func newLedger() *ledger {

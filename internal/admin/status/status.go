@@ -159,6 +159,7 @@ type data struct {
 	Default       presence.Settings
 	DefaultReturn string
 	Probe         string // "every 25s, answer within 20s" or "off"
+	Redis         string // cluster mode: REDIS_URL, redacted; "" in the embedded mode
 	HandoffURL    string // redacted
 	Detect        string
 }
@@ -179,6 +180,7 @@ type sessionRow struct {
 	Interval     string
 	Monitored    bool
 	ExpireQueued bool
+	Replicas     string // cluster mode: "replica-a ×1, replica-b ×2"
 }
 
 type noteRow struct {
@@ -216,6 +218,9 @@ func (p *page) data(refresh time.Duration) data {
 		d.Probe = "every " + c.ProbeInterval.String() + ", answer within " + c.ProbeTimeout.String()
 	}
 	d.HandoffURL = config.RedactURL(c.HandoffURL)
+	if c.RedisURL != "" {
+		d.Redis = config.RedactURL(c.RedisURL)
+	}
 	d.Detect = c.HandoffDetect
 	if p.o.Presence == nil {
 		return d
@@ -225,6 +230,21 @@ func (p *page) data(refresh time.Duration) data {
 	d.DefaultReturn = d.Default.ReturnText()
 
 	views := p.o.Presence.Sessions()
+	// The cards count the listed sessions: the same as Stats in the embedded
+	// mode, and in cluster mode the cluster's (Redis's) rather than this
+	// replica's share.
+	d.Stats.Sessions, d.Stats.Present, d.Stats.Absent, d.Stats.HandedOver, d.Stats.Connections = len(views), 0, 0, 0, 0
+	for _, v := range views {
+		if v.State == store.Absent {
+			d.Stats.Absent++
+		} else {
+			d.Stats.Present++
+		}
+		if v.HandedOver {
+			d.Stats.HandedOver++
+		}
+		d.Stats.Connections += v.Connections
+	}
 	// Hand-overs first (what notifications are about), then the most recently seen.
 	slices.SortStableFunc(views, func(a, b presence.View) int {
 		if a.HandedOver != b.HandedOver {
@@ -244,7 +264,12 @@ func (p *page) data(refresh time.Duration) data {
 			d.MoreSessions++
 			continue
 		}
+		var reps []string
+		for _, r := range slices.Sorted(maps.Keys(v.Replicas)) {
+			reps = append(reps, r+" ×"+strconv.FormatInt(v.Replicas[r], 10))
+		}
 		row := sessionRow{
+			Replicas: strings.Join(reps, ", "),
 			ID: v.ID, Bot: v.BotID, Absent: v.State == store.Absent, HandedOver: v.HandedOver,
 			Connections: v.Connections, LastSeen: v.LastSeenAt, Reason: v.Reason, Episode: v.Episode,
 			Mode: string(cmp.Or(v.Settings.Mode, presence.ModeConnection)), Interval: v.Settings.CheckInterval.String(),

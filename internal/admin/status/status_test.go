@@ -119,7 +119,8 @@ func seedStore(t *testing.T) *store.Memory {
 func TestSessionsAndNotifications(t *testing.T) {
 	def := presence.Settings{Enabled: true, CheckInterval: 2 * time.Minute, Mode: presence.ModeConnection}
 	fp := &fakePresence{def: def, views: []presence.View{
-		{Session: store.Session{ID: "s-bot", BotID: "bot-a", LastSeenAt: now.Add(-1 * time.Second)}, Connections: 1, Settings: def},
+		{Session: store.Session{ID: "s-bot", BotID: "bot-a", LastSeenAt: now.Add(-1 * time.Second)}, Connections: 3, Settings: def,
+			Replicas: map[string]int64{"pod-b": 2, "pod-a": 1}},
 		{Session: store.Session{ID: "s-absent", BotID: "bot-a", State: store.Absent, HandedOver: true, Episode: 1, ExpireSent: true,
 			LastSeenAt: now.Add(-150 * time.Second), AbsentAt: now.Add(-30 * time.Second), Reason: "disconnected"}, Settings: def},
 		{Session: store.Session{ID: "s-leaving", BotID: "bot-a", HandedOver: true, LastSeenAt: now.Add(-10 * time.Second),
@@ -141,6 +142,7 @@ func TestSessionsAndNotifications(t *testing.T) {
 		"2m30s ago", // s-absent last seen
 		`id="n-sessions">4<`, `id="n-absent">1<`, `id="n-handed">2<`,
 		`id="n-pending">1<`, `id="n-dead">1<`,
+		"3 <span class=\"small replicas\">on pod-a ×1, pod-b ×2</span>", // cluster mode: who holds the connections
 		// recent outcomes: delivered and dead-lettered; the outbox: retrying
 		`data-session="s-absent" data-kind="client.offline" data-outcome="delivered"`,
 		`data-session="s-dead" data-kind="client.offline" data-outcome="dead-lettered"`,
