@@ -198,6 +198,37 @@ func (c *Config) memory(ctx context.Context, srv *server, st *redisstate.State, 
 		return err
 	}
 
+	// 3b. The same with the due sets kept as listpacks: a config of
+	// Redis, not of the scripts. With ≈N/64 members a shard's set passes
+	// zset-max-listpack-entries (128 by default) from ≈8,000 disconnected
+	// sessions on, and each member then costs a skiplist node and a
+	// dictionary entry besides its string.
+	old := srv.config(ctx, "zset-max-listpack-entries")
+	if err := srv.do(ctx, "CONFIG", "SET", "zset-max-listpack-entries", "1024").Error(); err != nil {
+		return err
+	}
+	c.logf("memory: %d disconnected sessions, zset-max-listpack-entries 1024", n)
+	if base, err = fresh(); err != nil {
+		return err
+	}
+	if err := all(func(s session) error {
+		if err := c.open(ctx, st, s, c.Replica, c.Interval, false); err != nil {
+			return err
+		}
+		return c.closeAll(ctx, st, s, c.Replica, c.Interval)
+	}); err != nil {
+		return err
+	}
+	if _, err := delta("disclp", base); err != nil {
+		return err
+	}
+	if err := perMember("duelp", "due"); err != nil {
+		return err
+	}
+	if err := srv.do(ctx, "CONFIG", "SET", "zset-max-listpack-entries", old).Error(); err != nil {
+		return err
+	}
+
 	// 4. Decided absent: not handed over (the hash alone, forgotten after
 	// ForgetAfter), and handed over, its /expire queued and not yet
 	// delivered (the queue list and the ready set's member).

@@ -98,6 +98,8 @@ func (r *Report) Markdown() string {
 	p("| live, handed over (Handoff on) | %s | | | |", r.cell("mem.handed", bytesf))
 	p("| disconnected, deadline ahead (hash with TTL + member of `due`) | %s | %s | `due` %s (%s) | ≤ 250 B: %s |",
 		r.cell("mem.disc", bytesf), r.cell("mu.hash.disc", bytesf), r.cell("mu.due", bytesf), d.Encodings["due"], verdict(r.med("mem.disc") <= 250))
+	p("| … the same, `due` kept as a listpack (CONFIG SET zset-max-listpack-entries 1024) | %s | | `due` %s (%s) | ≤ 250 B: %s |",
+		r.cell("mem.disclp", bytesf), r.cell("mu.duelp", bytesf), d.Encodings["duelp"], verdict(r.med("mem.disclp") <= 250))
 	p("| decided absent, not handed over (hash with TTL) | %s | %s | | |", r.cell("mem.absent", bytesf), r.cell("mu.hash.absent", bytesf))
 	p("| decided absent, handed over, /expire queued, undelivered | %s | %s | `q:SID` %s (%s), `ready` %s (%s) | |",
 		r.cell("mem.absentq", bytesf), r.cell("mu.hash.absentq", bytesf), r.cell("mu.queue", bytesf), d.Encodings["queue"],
@@ -153,9 +155,10 @@ func (r *Report) Markdown() string {
 	p("| … Redis CPU meanwhile (cores) | %s | | |", r.cell("events.srv.cpu", coresf))
 	p("| decisions/s: Fire over 64 shards, limit 500, one sweeper; not handed over | %s | ≥ 5,000/s | %s |", r.cell("fire.rate", ratef), verdict(r.med("fire.rate") >= 5000))
 	p("| decisions/s, handed over (each queues its /expire) | %s | ≥ 5,000/s | %s |", r.cell("fireq.rate", ratef), verdict(r.med("fireq.rate") >= 5000))
+	p("| decisions/s, handed over, limit 64 | %s | ≥ 5,000/s | %s |", r.cell("fireq64.rate", ratef), verdict(r.med("fireq64.rate") >= 5000))
 	p("| … Redis CPU meanwhile (cores) | %s | | |", r.cell("fireq.srv.cpu", coresf))
-	p("| notifications claimed/s (Claim, limit 100, one deliverer) | %s | | |", r.cell("claim.rate", ratef))
-	p("| acks/s (Ack delivered, %d goroutines) | %s | | |", c.Conc, r.cell("ack.rate", ratef))
+	p("| notifications claimed/s (Claim, limit 16 = handoff.DefaultConcurrency, one deliverer) | %s | | |", r.cell("claim.rate", ratef))
+	p("| acks/s (Ack delivered, 16 goroutines) | %s | | |", r.cell("ack.rate", ratef))
 	p("| sessions reaped/s (Reap of a dead replica, 64 shards) | %s | | |", r.cell("reap.rate", ratef))
 	p("| Activity calls/s, %d goroutines | %s | | |", c.Conc, r.cell("activity.rate", ratef))
 	p("| Handoff calls/s, %d goroutines | %s | | |", c.Conc, r.cell("handoff.rate", ratef))
@@ -164,6 +167,8 @@ func (r *Report) Markdown() string {
 	p("## Latency per script")
 	p("")
 	p("Client: each call's time in the Go client, exact percentiles of all calls. Redis: INFO commandstats `usec_per_call` and INFO latencystats of `evalsha` over the phase (both scripts of a phase together, e.g. open and close), i.e. the script's own run time without the queueing in front of it. `≥1ms` is LATENCY LATEST's worst `command` event (ms, threshold 1 ms; — none).")
+	p("")
+	p("In a closed loop the client's latency is mostly the queue in front of Redis (Little's law: goroutines ÷ calls/s, e.g. 64 ÷ 33k/s ≈ 2 ms): the paced and 1-goroutine rows are the latencies a replica sees below saturation; the Redis columns are the scripts' own cost. Client, Go runtime and Redis share 2 cores.")
 	p("")
 	p("| script | load | calls/s | client p50 | client p99 | Redis µs/call | Redis p50 | Redis p99 | Redis p99.9 | ≥1ms | p99 < 1 ms |")
 	p("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -191,14 +196,18 @@ func (r *Report) Markdown() string {
 	row("Handoff", closed, "handoff", "handoff.handoff", r.cell("handoff.rate", ratef))
 	row("Handoff", "1 goroutine", "handoff1", "handoff1.handoff", r.cell("handoff1.rate", ratef))
 	row("Renew", "1 goroutine", "renew", "renew.renew", r.cell("renew.rate", ratef))
-	row(fmt.Sprintf("Fire, ≈%s decisions a call", r.cell("fire.batch", func(v float64) string { return fmt.Sprintf("%.0f", v) })), "sweep", "fire", "fire.call", "")
-	row("Fire, handed over (queues /expire)", "sweep", "fireq", "fireq.call", "")
+	batch := func(name string) string { return fmt.Sprintf("%.0f", r.med(name+".batch")) }
+	row("Fire, limit 500: ≈"+batch("fire")+" decisions a call", "sweep", "fire", "fire.call", "")
+	row("Fire, limit 500, handed over (queues /expire): ≈"+batch("fireq")+" a call", "sweep", "fireq", "fireq.call", "")
+	row("Fire, limit 64, handed over: ≈"+batch("fireq64")+" a call", "sweep", "fireq64", "fireq64.call", "")
 	row("Fire, nothing due", "1 goroutine", "fire0", "fire0.fire", r.cell("fire0.rate", ratef))
-	row("Claim, 100 leases a call", "1 deliverer", "claim", "claim.call", "")
-	row("Ack (delivered)", closed, "ack", "ack.ack", r.cell("ack.rate", ratef))
+	row("Claim, 16 leases a call", "1 deliverer", "claim", "claim.call", "")
+	row("Ack (delivered)", "16 goroutines, closed loop", "ack", "ack.ack", r.cell("ack.rate", ratef))
 	row(fmt.Sprintf("Reap, ≈%d sessions a call", d.PerShard), "64 shards in turn", "reap", "reap.call", "")
 	p("")
-	p("Per decision: %s (not handed over), %s (handed over) of sweep time.", r.cell("fire.per", usf), r.cell("fireq.per", usf))
+	p("Redis's own time per decision (usec_per_call × calls ÷ decisions): %s not handed over, %s handed over (limit 500), %s (limit 64). A Fire call blocks Redis for about limit × that; the engine's sweep tick is 250 ms, so at 5,000 decisions/s a call has ≈20 due.",
+		r.cell("fire.srv.perdec", fmtUsec), r.cell("fireq.srv.perdec", fmtUsec), r.cell("fireq64.srv.perdec", fmtUsec))
+	p("Reap blocks Redis for a whole shard of the dead replica's sessions in one call (≈%d here).", d.PerShard)
 	return b.String()
 }
 

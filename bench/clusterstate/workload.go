@@ -132,29 +132,32 @@ func (c *Config) closeAll(ctx context.Context, st *redisstate.State, s session, 
 }
 
 // sweep runs the presence engine's sweeper: every shard in turn, Fire with
-// its limit (500), until a whole pass decides nothing. It returns the
-// decisions, the time up to the last call that decided something, and the
-// latency of each call that decided something.
+// limit, again over the shards that returned a full batch, until each has
+// returned less than a full one. (The engine sweeps every shard each tick;
+// leaving out the drained ones keeps the calls that decide nothing out of
+// the per-call figures, which are then those of a call with a batch.) It
+// returns the decisions, the time taken and each call's latency.
 func sweep(ctx context.Context, st *redisstate.State, limit int) (decided int, took time.Duration, calls []time.Duration, err error) {
 	start := time.Now()
-	for {
-		pass := 0
-		for n := range redisstate.Shards {
+	todo := make([]int, redisstate.Shards)
+	for n := range todo {
+		todo[n] = n
+	}
+	for len(todo) > 0 {
+		var again []int
+		for _, n := range todo {
 			t0 := time.Now()
 			d, err := st.Fire(ctx, n, limit)
-			el := time.Since(t0)
 			if err != nil {
-				return decided, took, calls, err
+				return decided, time.Since(start), calls, err
 			}
-			if len(d) > 0 {
-				pass += len(d)
-				calls = append(calls, el)
-				took = time.Since(start)
+			calls = append(calls, time.Since(t0))
+			decided += len(d)
+			if len(d) == limit {
+				again = append(again, n)
 			}
 		}
-		decided += pass
-		if pass == 0 {
-			return decided, took, calls, nil
-		}
+		todo = again
 	}
+	return decided, time.Since(start), calls, nil
 }

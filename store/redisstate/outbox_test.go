@@ -443,6 +443,8 @@ func TestObserve(t *testing.T) {
 	s.DeadExpire(ctx, Lease{Shard: 0, Note: Note{SessionID: "none"}}) // a nil reply
 	s.Depth(ctx)
 	s.Renew(ctx, "A", time.Second)
+	s.Replay(ctx, "msg_none") // 64 scripts pipelined: one call
+	s.Sessions(ctx, 10)       // a role, a scan, a pipelined read
 	cancelled, cancel := context.WithCancel(ctx)
 	cancel()
 	s.Activity(cancelled, "o", Event{Mode: connMode})
@@ -450,7 +452,7 @@ func TestObserve(t *testing.T) {
 	for _, c := range calls {
 		names = append(names, c.name)
 	}
-	want := []string{"conns", "fire", "claim", "ack", "session", "deadep", "depth", "renew", "activity"}
+	want := []string{"conns", "fire", "claim", "ack", "session", "deadep", "depth", "renew", "replay", "role", "scan", "sessions", "activity"}
 	if !slices.Equal(names, want) {
 		t.Fatalf("observed %v, want %v", names, want)
 	}

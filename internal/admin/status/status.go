@@ -270,7 +270,7 @@ func (p *page) data(refresh time.Duration) data {
 		}
 		row := sessionRow{
 			Replicas: strings.Join(reps, ", "),
-			ID: v.ID, Bot: v.BotID, Absent: v.State == store.Absent, HandedOver: v.HandedOver,
+			ID:       v.ID, Bot: v.BotID, Absent: v.State == store.Absent, HandedOver: v.HandedOver,
 			Connections: v.Connections, LastSeen: v.LastSeenAt, Reason: v.Reason, Episode: v.Episode,
 			Mode: string(cmp.Or(v.Settings.Mode, presence.ModeConnection)), Interval: v.Settings.CheckInterval.String(),
 			Monitored: v.Settings.Enabled, ExpireQueued: v.ExpireSent,
