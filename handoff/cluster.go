@@ -259,7 +259,7 @@ func clusterNotification(n redisstate.Note) store.Notification {
 	return store.Notification{ID: n.ID, Kind: store.Kind(n.Kind), SessionID: n.SessionID, BotID: n.BotID,
 		Episode: n.Episode, Reason: n.Reason, Text: n.Text, LastSeenAt: unixMilli(n.LastSeen),
 		OfflineSince: unixMilli(n.Since), DetectedAt: at, TraceParent: n.Trace, CreatedAt: at,
-		Attempts: n.Attempts, LastError: n.LastError, LastStatus: n.LastStatus}
+		Attempts: n.Attempts, LastError: n.LastError, LastStatus: n.LastStatus, ReplayedAt: unixMilli(n.Replayed)}
 }
 
 // unixMilli is ms as a time; zero stays the zero time.

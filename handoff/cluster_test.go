@@ -3,6 +3,7 @@ package handoff
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/presence-sidecar/presence-sidecar/internal/testutil"
 	"github.com/presence-sidecar/presence-sidecar/internal/testutil/redistest"
+	"github.com/presence-sidecar/presence-sidecar/store"
 	"github.com/presence-sidecar/presence-sidecar/store/redisstate"
 )
 
@@ -395,4 +397,47 @@ func TestNewClusterLease(t *testing.T) {
 	if _, err := NewCluster(o, st, "", 0); err == nil {
 		t.Fatal("no owner accepted")
 	}
+}
+
+// A dead letter replayed through the cluster deliverer goes out again with
+// its webhook-id, and its retry horizon restarts at the replay: an /expire
+// older than RetryFor that fails again is retried, not dead-lettered at once.
+func TestClusterReplayRestartsTheHorizon(t *testing.T) {
+	clusterDeployments(t, func(t *testing.T, st *redisstate.State) {
+		var answer atomic.Int32
+		answer.Store(http.StatusUnprocessableEntity)
+		p := newPlatform(t, func(w http.ResponseWriter, r *http.Request, got received, i int) {
+			w.WriteHeader(int(answer.Load()))
+		})
+		var obs outcomes
+		o := clusterOptions(p.URL, &obs)
+		o.RetryFor = 500 * time.Millisecond
+		queueAbsence(t, st, "replayed")
+		c, _ := runCluster(t, o, st, "replica-1")
+		testutil.Eventually(t, 10*time.Second, "the dead letter", func() bool { return obs.count(Dead) == 1 })
+		dead, err := c.DeadLetters()
+		if err != nil || len(dead) != 1 {
+			t.Fatalf("dead letters: %+v %v", dead, err)
+		}
+		time.Sleep(o.RetryFor) // the notification is now older than the horizon
+		answer.Store(http.StatusServiceUnavailable)
+		n, err := c.Replay(dead[0].ID)
+		if err != nil || n.ID != dead[0].ID || n.ReplayedAt.IsZero() {
+			t.Fatalf("replay: %+v %v", n, err)
+		}
+		testutil.Eventually(t, 10*time.Second, "a retry of the replayed /expire", func() bool { return obs.count(Retry) >= 1 })
+		answer.Store(http.StatusNoContent)
+		testutil.Eventually(t, 20*time.Second, "its delivery", func() bool { return obs.count(Delivered) == 1 })
+		if obs.count(Dead) != 1 {
+			t.Fatalf("dead-lettered again: %+v", obs.list())
+		}
+		for _, r := range p.requests() {
+			if r.ID() != dead[0].ID {
+				t.Fatalf("a request with webhook-id %s, want %s throughout", r.ID(), dead[0].ID)
+			}
+		}
+		if _, err := c.Replay("msg_nope"); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("replay of an unknown id: %v", err)
+		}
+	})
 }

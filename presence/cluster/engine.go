@@ -283,6 +283,9 @@ func (e *Engine) SetHandoff(sid, bot string, on bool) error {
 		return fmt.Errorf("cluster: Redis: %w", err)
 	}
 	e.countHandoff(changed, on)
+	if changed && on {
+		e.o.Wake() // a start during an absence queued its /expire
+	}
 	return nil
 }
 
@@ -357,13 +360,14 @@ func (e *Engine) write(ctx context.Context, p pending) (queued bool, err error) 
 	defer cancel()
 	set := e.o.Bots.Settings(p.bot)
 	ev := redisstate.Event{Bot: p.bot, Mode: redisstate.Mode{Activity: set.Mode == presence.ModeActivity, Interval: set.CheckInterval},
-		HandedOver: e.o.Detect.Always || p.handedOver > 0, ReturnText: set.ReturnText(), TraceParent: p.trace}
+		HandedOver: e.o.Detect.Always || p.handedOver > 0, Muted: !set.Enabled, ReturnText: set.ReturnText(), TraceParent: p.trace}
 	if p.handoff != 0 {
 		changed, err := e.o.State.Handoff(ctx, p.sid, p.bot, p.handoff > 0)
 		if err != nil {
 			return false, err
 		}
 		e.countHandoff(changed, p.handoff > 0)
+		queued = changed && p.handoff > 0 // maybe an /expire: wake the deliverer
 	}
 	if p.connsDirty {
 		sg, _, err := e.o.State.Conns(ctx, p.sid, e.o.Replica, p.conns, ev)

@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -153,4 +155,49 @@ func TestRedisAwayThenBackEmpty(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// commands is how many commands Redis has processed so far.
+func commands(t *testing.T, srv *redistest.Server) int {
+	t.Helper()
+	info, err := srv.Do("INFO", "stats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "total_commands_processed:"); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	t.Fatalf("no total_commands_processed in %q", info)
+	return 0
+}
+
+// An idle connection costs no Redis operation in steady state: the replica
+// refreshes one lease for all of them, so 2,000 idle connections make the
+// same traffic as none (docs/ARCHITECTURE.md, "Cluster mode").
+func TestIdleConnectionsCostNoRedisTraffic(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newState(t, []string{srv.Addr})
+	a := replica(t, s, "A")
+	testutil.Eventually(t, 5*time.Second, "first contact", a.Healthy)
+	idle := func() int {
+		time.Sleep(300 * time.Millisecond) // let the writer settle
+		before := commands(t, srv)
+		time.Sleep(2 * time.Second)
+		return commands(t, srv) - before
+	}
+	none := idle()
+	for i := range 2000 {
+		a.ConnOpened(event.ConnID(100+i), event.Open{Who: event.Identity{SessionID: "idle-" + strconv.Itoa(i)}})
+	}
+	testutil.Eventually(t, 10*time.Second, "the connections written", func() bool { return a.ClusterStats().LedgerDirty == 0 })
+	many := idle()
+	t.Logf("Redis commands in 2 s: %d with no connection, %d with 2,000 idle ones", none, many)
+	// The background rounds (renewal, sweeps) vary a little with timing;
+	// one operation per connection would add 2,000.
+	if many > none+none/4+20 {
+		t.Fatalf("2,000 idle connections made %d commands in 2 s, against %d with none", many, none)
+	}
 }

@@ -181,6 +181,7 @@ type Event struct {
 	Bot         string
 	Mode        Mode
 	HandedOver  bool   // the default hand-over state of a new session (HANDOFF_DETECT=always)
+	Muted       bool   // presence is off for the bot: absences are decided, nothing is notified
 	ReturnText  string // the bot's return message, queued if the session returns
 	TraceParent string
 }
@@ -194,7 +195,7 @@ func (s *State) Conns(ctx context.Context, sid, replica string, count int, e Eve
 	p, key := s.sessionKey(sid)
 	v, err := s.exec(ctx, connsScript, []string{key},
 		[]string{p, sid, replica, strconv.Itoa(count), e.Bot, e.Mode.name(), ms(e.Mode.Interval), flag(e.HandedOver),
-			e.ReturnText, e.TraceParent, ms(s.o.ForgetAfter)}).AsIntSlice()
+			e.ReturnText, e.TraceParent, ms(s.o.ForgetAfter), flag(e.Muted)}).AsIntSlice()
 	if err != nil {
 		return Sign{}, 0, err
 	}
@@ -210,7 +211,8 @@ func (s *State) Conns(ctx context.Context, sid, replica string, count int, e Eve
 func (s *State) Activity(ctx context.Context, sid string, e Event) (Sign, error) {
 	p, key := s.sessionKey(sid)
 	return sign(s.exec(ctx, activityScript, []string{key},
-		[]string{p, sid, e.Bot, e.Mode.name(), ms(e.Mode.Interval), flag(e.HandedOver), e.ReturnText, e.TraceParent, ms(s.o.ForgetAfter)}).AsIntSlice())
+		[]string{p, sid, e.Bot, e.Mode.name(), ms(e.Mode.Interval), flag(e.HandedOver), e.ReturnText, e.TraceParent,
+			ms(s.o.ForgetAfter), flag(e.Muted)}).AsIntSlice())
 }
 
 // Handoff starts or ends the session's hand-over to a human; it reports

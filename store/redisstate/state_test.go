@@ -426,3 +426,57 @@ func TestClaimLooksPastHeldHeads(t *testing.T) {
 		seen[l.Note.SessionID] = true
 	}
 }
+
+// A hand-over that starts while the client is already absent queues that
+// episode's /expire at once; one that ends after it closes the episode, so
+// a new hand-over in the same absence is a new episode with its own /expire
+// (invariants 2 and 4, as the embedded engine does).
+func TestHandoffDuringAnAbsence(t *testing.T) {
+	deployments(t, func(t *testing.T, s *State) {
+		ctx := context.Background()
+		rc := replicaCounts{}
+		rc.open(t, s, "late", "A", Event{Bot: "b", Mode: connMode})
+		rc.closeConn(t, s, "late", "A", Event{Mode: connMode})
+		if d := settle(t, s); len(d) != 1 || d[0].Queued {
+			t.Fatalf("decisions: %+v, want one, not notified (not handed over)", d)
+		}
+		must[bool](t)(s.Handoff(ctx, "late", "b", true))
+		first := claimAll(t, s, "d", time.Minute)
+		if len(first) != 1 || first[0].Note.Kind != "client.offline" || first[0].Note.Episode != 1 || first[0].Note.Reason != "disconnected" {
+			t.Fatalf("after the late hand-over: %+v, want episode 1's /expire", first)
+		}
+		must[bool](t)(s.Ack(ctx, first[0], Delivered, first[0].Note, time.Time{}))
+		if again := must[bool](t)(s.Handoff(ctx, "late", "b", true)); again {
+			t.Fatal("a second start changed something")
+		}
+		must[bool](t)(s.Handoff(ctx, "late", "b", false))
+		must[bool](t)(s.Handoff(ctx, "late", "b", true))
+		second := claimAll(t, s, "d", time.Minute)
+		if len(second) != 1 || second[0].Note.Episode != 2 || second[0].Note.ID == first[0].Note.ID {
+			t.Fatalf("a new hand-over in the same absence: %+v, want episode 2's own /expire", second)
+		}
+	})
+}
+
+// A bot whose presence is off (enabled false) has its absences decided but
+// never notified, not even when a hand-over starts during one.
+func TestMutedBotNotifiesNothing(t *testing.T) {
+	deployments(t, func(t *testing.T, s *State) {
+		ctx := context.Background()
+		rc := replicaCounts{}
+		ev := Event{Bot: "off", Mode: connMode, HandedOver: true, Muted: true}
+		rc.open(t, s, "m", "A", ev)
+		rc.closeConn(t, s, "m", "A", ev)
+		if d := settle(t, s); len(d) != 1 || d[0].Queued {
+			t.Fatalf("decisions: %+v, want one, not notified", d)
+		}
+		must[bool](t)(s.Handoff(ctx, "m", "off", false))
+		must[bool](t)(s.Handoff(ctx, "m", "off", true))
+		if sg := rc.open(t, s, "m", "A", ev); !sg.Returned || sg.Queued {
+			t.Fatalf("return: %+v, want returned, nothing queued", sg)
+		}
+		if l := claimAll(t, s, "d", time.Minute); len(l) != 0 {
+			t.Fatalf("a muted bot's session was notified: %+v", l)
+		}
+	})
+}

@@ -1,7 +1,8 @@
 -- activity: a sign of presence that is not a connection: an HTTP request of
 -- the session (either mode), or a client data message in activity mode.
 -- KEYS[1] session hash. ARGV: prefix, sid, bot, mode, interval ms, handed
--- over by default (1/0), return text, traceparent, forget after ms.
+-- over by default (1/0), return text, traceparent, forget after ms, muted
+-- (1/0).
 -- Returns {returned (1/0), episode, notification queued (1/0)}.
 local p, sid, bot, mode, iv, forget = ARGV[1], ARGV[2], ARGV[3], ARGV[4], num(ARGV[5]), num(ARGV[9])
 local h = KEYS[1]
@@ -13,6 +14,7 @@ if bot ~= '' and (redis.call('HGET', h, 'bot') or '') == '' then
   redis.call('HSET', h, 'bot', bot)
 end
 redis.call('HSET', h, 'mode', mode, 'iv', iv, 'seen', now)
+set_muted(h, ARGV[10])
 local n = num(redis.call('HGET', h, 'n'))
 if n == 0 and ARGV[8] ~= '' then redis.call('HSET', h, 'tp', ARGV[8]) end
 local r = back(p, h, sid, now, ARGV[7])

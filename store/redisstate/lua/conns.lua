@@ -4,7 +4,7 @@
 -- away or came back empty, can never count a connection twice.
 -- KEYS[1] session hash. ARGV: prefix, sid, replica, count, bot, mode,
 -- interval ms, handed over by default (1/0), return text, traceparent,
--- forget after ms.
+-- forget after ms, muted (1/0).
 -- Returns {returned (1/0), episode, notification queued (1/0), connections
 -- on all replicas}.
 local p, sid, rid, count, bot, mode, iv = ARGV[1], ARGV[2], ARGV[3], num(ARGV[4]), ARGV[5], ARGV[6], num(ARGV[7])
@@ -18,6 +18,7 @@ if bot ~= '' and (redis.call('HGET', h, 'bot') or '') == '' then
   redis.call('HSET', h, 'bot', bot)
 end
 redis.call('HSET', h, 'mode', mode, 'iv', iv)
+set_muted(h, ARGV[12])
 local prev = num(redis.call('HGET', h, 'c:' .. rid))
 if count > 0 then
   redis.call('HSET', h, 'c:' .. rid, count)

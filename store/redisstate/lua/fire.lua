@@ -20,7 +20,7 @@ for i = 1, #due, 2 do
     local ep = num(st[3]) + 1
     local reason = 'inactive'
     if st[6] == 'connection' then reason = 'disconnected' end
-    local handed = st[4] == '1'
+    local handed = st[4] == '1' and not muted(h)
     redis.call('HSET', h, 'st', 'a', 'ep', ep, 'ab', now, 'dl', 0, 'rs', reason, 'xs', handed and 1 or 0)
     local queued = 0
     if handed then

@@ -26,6 +26,18 @@ local function create(h, now, handed)
   redis.call('HSET', h, 'st', 'p', 'ep', 0, 'ho', handed, 'xs', 0, 'seen', now, 'dl', 0, 'n', 0, 'inc', now)
 end
 
+-- muted: presence is off for the session's bot (its settings' enabled is
+-- false): absences are still decided, but nothing is notified (invariant 4,
+-- docs/ARCHITECTURE.md "Presence invariants"). The replicas state it with
+-- every event (field en, kept only while it is 0).
+local function muted(h)
+  return redis.call('HGET', h, 'en') == '0'
+end
+
+local function set_muted(h, flag)
+  if flag == '1' then redis.call('HSET', h, 'en', 0) else redis.call('HDEL', h, 'en') end
+end
+
 -- enqueue appends head (JSON) to the session's outbox queue and makes the
 -- session ready for delivery at due unless it already waits (its score is
 -- kept: a head being retried holds the rest back). The shard's depth counts
