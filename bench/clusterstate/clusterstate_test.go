@@ -24,7 +24,7 @@ func TestRunSmall(t *testing.T) {
 	}
 	f := rep.Runs[0]
 	for _, k := range []string{"mem.live", "mem.conn2", "mem.disc", "mem.absentq", "mu.hash.live", "mu.rset", "mu.due",
-		"events.rate", "fire.rate", "fireq.rate", "claim.rate", "ack.rate", "reap.rate", "events.open.p99", "events.srv.usec"} {
+		"events.rate", "fire.rate", "fireq.rate", "deliver.rate", "reap.rate", "events.open.p99", "events.srv.usec"} {
 		if f[k] <= 0 {
 			t.Errorf("figure %s = %v, want > 0", k, f[k])
 		}

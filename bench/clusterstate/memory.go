@@ -165,7 +165,7 @@ func (c *Config) memory(ctx context.Context, srv *server, st *redisstate.State, 
 		if err := c.open(ctx, st, s, c.Replica, c.Interval, false); err != nil {
 			return err
 		}
-		_, err := st.Handoff(ctx, s.ID, c.Bot, true)
+		_, err := st.Handoff(ctx, s.ID, c.Bot, true, s.Trace)
 		return err
 	}); err != nil {
 		return err

@@ -80,7 +80,7 @@ func (c *Config) warm(ctx context.Context, st *redisstate.State) error {
 	if _, err := st.Activity(ctx, s.ID, c.event(s, short, true)); err != nil {
 		return err
 	}
-	if _, err := st.Handoff(ctx, s.ID, c.Bot, true); err != nil {
+	if _, err := st.Handoff(ctx, s.ID, c.Bot, true, s.Trace); err != nil {
 		return err
 	}
 	if err := c.closeAll(ctx, st, s, c.Replica, short); err != nil {

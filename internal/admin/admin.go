@@ -18,6 +18,7 @@ type Server struct {
 	Token    string
 	Presence Presence
 	Outbox   Outbox
+	Cluster  Cluster      // nil in the embedded mode
 	Metrics  http.Handler // /metrics
 	Status   http.Handler // / (the status page)
 	// Ready reports what is degraded ("" when nothing is).
@@ -50,6 +51,7 @@ func (s *Server) Handler() http.Handler {
 	api.HandleFunc("GET /v1/notifications/dead", s.deadLetters)
 	api.HandleFunc("POST /v1/notifications/dead/{id}/replay", s.replay)
 	api.HandleFunc("GET /v1/notifications/recent", s.recent)
+	api.HandleFunc("GET /v1/replicas", s.replicas)
 	mux.Handle("/v1/", s.authorize(api))
 	return mux
 }
@@ -177,6 +179,21 @@ func (s *Server) recent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"notifications": recent})
+}
+
+// replicas lists cluster mode's registry: each replica's short id, its host
+// and its lease.
+func (s *Server) replicas(w http.ResponseWriter, r *http.Request) {
+	if s.Cluster == nil {
+		writeError(w, http.StatusConflict, "cluster mode is off (REDIS_URL unset): this sidecar is the only replica")
+		return
+	}
+	rs, err := s.Cluster.Replicas()
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "Redis: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"replicas": rs})
 }
 
 func (s *Server) replay(w http.ResponseWriter, r *http.Request) {

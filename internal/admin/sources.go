@@ -3,7 +3,14 @@ package admin
 import (
 	"github.com/presence-sidecar/presence-sidecar/presence"
 	"github.com/presence-sidecar/presence-sidecar/store"
+	"github.com/presence-sidecar/presence-sidecar/store/redisstate"
 )
+
+// Cluster is what the admin listener shows of cluster mode beyond the
+// sessions: the registry of replicas.
+type Cluster interface {
+	Replicas() ([]redisstate.Replica, error)
+}
 
 // Presence is what the admin listener reads and changes of presence: the
 // embedded engine (presence.Engine) or cluster mode's (presence/cluster),

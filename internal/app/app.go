@@ -133,6 +133,9 @@ func Build(cfg config.Config, log *zap.Logger, tel *telemetry.Telemetry) (*App, 
 		Metrics:  tel.MetricsHandler(),
 		Ready:    a.ready,
 	}
+	if a.clusterEngine != nil {
+		a.admin.Cluster = a.clusterEngine
+	}
 	so := status.Options{Config: cfg}
 	if a.presence != nil { // a nil pointer must not become a non-nil interface
 		so.Presence, so.Outbox = a.presence, a.outbox

@@ -14,18 +14,23 @@ import (
 	"github.com/presence-sidecar/presence-sidecar/store/redisstate"
 )
 
-// replicaID names this process in the cluster's registry: the host name
-// (a pod's name on Kubernetes) for operators, and a random suffix so that
-// a restarted process is a new replica whose predecessor's connections
-// lapse with its lease.
+// replicaID names this process in the cluster: short, since it is written
+// in every session hash whose connections it holds (README, "Cluster mode":
+// memory), and random, so that a restarted process is a new replica whose
+// predecessor's connections lapse with its lease. The registry keeps the
+// host name beside it for operators (GET /v1/replicas).
 func replicaID() string {
-	host, err := os.Hostname()
-	if err != nil || host == "" {
-		host = "replica"
-	}
 	var b [4]byte
 	_, _ = rand.Read(b[:])
-	return host + "-" + hex.EncodeToString(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func hostName() string {
+	host, err := os.Hostname()
+	if err != nil {
+		return ""
+	}
+	return host
 }
 
 // buildCluster wires cluster mode: the state in Redis, the cluster engine
@@ -33,11 +38,13 @@ func replicaID() string {
 func (a *App) buildCluster(p presenceParts) error {
 	cfg := a.cfg
 	a.replica = replicaID()
+	host := hostName()
 	log := a.log.With(zap.String("replica", a.replica))
 	st, err := redisstate.Dial(cfg.RedisURL, redisstate.Options{
 		Prefix:      cfg.RedisKeyPrefix,
 		ForgetAfter: cfg.PresenceForgetAfter,
 		Observe:     a.metrics.redisCall,
+		Host:        host,
 	}, func() { log.Info("cluster: connected to Redis", zap.String("redis", config.RedactURL(cfg.RedisURL))) })
 	if err != nil {
 		return err
@@ -61,6 +68,7 @@ func (a *App) buildCluster(p presenceParts) error {
 		st.Close()
 		return err
 	}
+	log.Info("cluster mode: this replica's id in Redis", zap.String("host", host))
 	a.redis, a.clusterEngine, a.clusterDeliverer = st, eng, cd
 	a.presence, a.outbox = eng, cd
 	a.runners = []runner{{"presence", eng.Run}, {"delivery", cd.Run}}

@@ -156,3 +156,15 @@ func (l *ledger) size() (sessions, conns, dirty int) {
 	}
 	return
 }
+
+// trace is the traceparent of sid's latest connection or request on this
+// replica ("" when it holds none).
+func (l *ledger) trace(sid string) string {
+	sh := &l.shards[redisstate.ShardOf(sid)]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if e := sh.sessions[sid]; e != nil {
+		return e.trace
+	}
+	return ""
+}

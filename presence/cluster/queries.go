@@ -125,3 +125,10 @@ func (b botStore) PutBot(id string, s store.BotSettings) error {
 }
 
 var _ = time.Second
+
+// Replicas lists the cluster's replicas from the registry in Redis.
+func (e *Engine) Replicas() ([]redisstate.Replica, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), redisstate.CallTimeout)
+	defer cancel()
+	return e.o.State.Replicas(ctx)
+}

@@ -68,7 +68,7 @@ func TestSessionsListsEveryShard(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		must[bool](t)(s.Handoff(ctx, "sess-07", "b", true))
+		must[bool](t)(s.Handoff(ctx, "sess-07", "b", true, ""))
 		shards := map[int]bool{}
 		for _, sid := range want {
 			shards[ShardOf(sid)] = true

@@ -25,7 +25,8 @@
 //	P{N}:dead        list   dead letters; P{N}:deadep hash: episodes whose /expire died
 //	P{N}:recent      list   the last delivered or dead notifications
 //
-// Outside the shards: P + "replicas" (registry.go) and P + "bots".
+// Outside the shards: P + "{registry}:replicas" and P + "{registry}:hosts"
+// (registry.go), and P + "bots".
 package redisstate
 
 import (
@@ -98,6 +99,9 @@ type Options struct {
 	// long it took and its error (nil for success, a nil reply included):
 	// the caller's metrics and traces of Redis. It must not block.
 	Observe func(call string, took time.Duration, err error)
+	// Host is written beside this replica's id in the registry (Replicas),
+	// so operators can tell which pod a short replica id is.
+	Host string
 }
 
 // State runs the scripts. It is safe for concurrent use.
@@ -217,9 +221,9 @@ func (s *State) Activity(ctx context.Context, sid string, e Event) (Sign, error)
 
 // Handoff starts or ends the session's hand-over to a human; it reports
 // whether that changed anything.
-func (s *State) Handoff(ctx context.Context, sid, bot string, on bool) (bool, error) {
+func (s *State) Handoff(ctx context.Context, sid, bot string, on bool, traceparent string) (bool, error) {
 	p, key := s.sessionKey(sid)
-	v, err := s.exec(ctx, handoffScript, []string{key}, []string{p, sid, flag(on), bot, ms(s.o.ForgetAfter)}).AsInt64()
+	v, err := s.exec(ctx, handoffScript, []string{key}, []string{p, sid, flag(on), bot, ms(s.o.ForgetAfter), traceparent}).AsInt64()
 	return v == 1, err
 }
 
@@ -257,12 +261,23 @@ func (s *State) Fire(ctx context.Context, shard, limit int) ([]Decision, error) 
 	return out, nil
 }
 
+// reapBatch bounds one reap script run: about 1 ms of Redis's time.
+const reapBatch = 100
+
 // Reap removes a dead replica's connections from shard's sessions; those
-// left without connections start their interval at lapse.
+// left without connections start their interval at lapse. It runs the
+// script in batches (reapBatch) until the shard holds none of the replica's.
 func (s *State) Reap(ctx context.Context, shard int, replica string, lapse time.Time) (int64, error) {
 	p := s.shardPrefix(shard)
-	return s.exec(ctx, reapScript, []string{p + "r:" + replica},
-		[]string{p, replica, strconv.FormatInt(lapse.UnixMilli(), 10), ms(s.o.ForgetAfter)}).AsInt64()
+	var total int64
+	for {
+		n, err := s.exec(ctx, reapScript, []string{p + "r:" + replica},
+			[]string{p, replica, strconv.FormatInt(lapse.UnixMilli(), 10), ms(s.o.ForgetAfter), strconv.Itoa(reapBatch)}).AsInt64()
+		total += n
+		if err != nil || n < reapBatch {
+			return total, err
+		}
+	}
 }
 
 // Note is a notification as the scripts queue it (times in Unix ms), plus

@@ -122,7 +122,7 @@ func TestOneDecisionAcrossReplicas(t *testing.T) {
 		rc := replicaCounts{}
 		ev := Event{Bot: "b", Mode: connMode}
 		rc.open(t, s, "moving", "A", ev)
-		must[bool](t)(s.Handoff(ctx, "moving", "b", true))
+		must[bool](t)(s.Handoff(ctx, "moving", "b", true, ""))
 		rc.closeConn(t, s, "moving", "A", Event{Mode: connMode})
 		rc.open(t, s, "moving", "B", ev)
 		if d := settle(t, s); len(d) != 0 {
@@ -131,7 +131,7 @@ func TestOneDecisionAcrossReplicas(t *testing.T) {
 
 		rc.open(t, s, "both", "A", ev)
 		rc.open(t, s, "both", "B", ev)
-		must[bool](t)(s.Handoff(ctx, "both", "b", true))
+		must[bool](t)(s.Handoff(ctx, "both", "b", true, ""))
 		if v, ok, err := s.Session(ctx, "both"); err != nil || !ok || v.Conns != 2 || v.Replicas["A"] != 1 || v.Replicas["B"] != 1 || !v.HandedOver {
 			t.Fatalf("the cluster's view of a session on two replicas: %+v %v %v", v, ok, err)
 		}
@@ -171,7 +171,7 @@ func TestReturnMessageFollowsItsExpire(t *testing.T) {
 		rc := replicaCounts{}
 		ev := Event{Bot: "b", Mode: connMode, ReturnText: "voltou"}
 		rc.open(t, s, "s", "A", ev)
-		must[bool](t)(s.Handoff(ctx, "s", "b", true))
+		must[bool](t)(s.Handoff(ctx, "s", "b", true, ""))
 		rc.closeConn(t, s, "s", "A", Event{Mode: connMode})
 		if d := settle(t, s); len(d) != 1 {
 			t.Fatalf("decisions: %+v", d)
@@ -204,7 +204,7 @@ func TestDeadReplicaIsReaped(t *testing.T) {
 		ctx := context.Background()
 		rc := replicaCounts{}
 		rc.open(t, s, "held", "A", Event{Mode: connMode})
-		must[bool](t)(s.Handoff(ctx, "held", "", true))
+		must[bool](t)(s.Handoff(ctx, "held", "", true, ""))
 		if d := settle(t, s); len(d) != 0 {
 			t.Fatalf("a connected session was decided: %+v", d)
 		}
@@ -231,7 +231,7 @@ func TestStaleLeaseAckIsRefused(t *testing.T) {
 		ctx := context.Background()
 		rc := replicaCounts{}
 		rc.open(t, s, "f", "A", Event{Mode: connMode})
-		must[bool](t)(s.Handoff(ctx, "f", "", true))
+		must[bool](t)(s.Handoff(ctx, "f", "", true, ""))
 		rc.closeConn(t, s, "f", "A", Event{Mode: connMode})
 		settle(t, s)
 		old := claimAll(t, s, "zombie", 100*time.Millisecond)
@@ -440,17 +440,17 @@ func TestHandoffDuringAnAbsence(t *testing.T) {
 		if d := settle(t, s); len(d) != 1 || d[0].Queued {
 			t.Fatalf("decisions: %+v, want one, not notified (not handed over)", d)
 		}
-		must[bool](t)(s.Handoff(ctx, "late", "b", true))
+		must[bool](t)(s.Handoff(ctx, "late", "b", true, ""))
 		first := claimAll(t, s, "d", time.Minute)
 		if len(first) != 1 || first[0].Note.Kind != "client.offline" || first[0].Note.Episode != 1 || first[0].Note.Reason != "disconnected" {
 			t.Fatalf("after the late hand-over: %+v, want episode 1's /expire", first)
 		}
 		must[bool](t)(s.Ack(ctx, first[0], Delivered, first[0].Note, time.Time{}))
-		if again := must[bool](t)(s.Handoff(ctx, "late", "b", true)); again {
+		if again := must[bool](t)(s.Handoff(ctx, "late", "b", true, "")); again {
 			t.Fatal("a second start changed something")
 		}
-		must[bool](t)(s.Handoff(ctx, "late", "b", false))
-		must[bool](t)(s.Handoff(ctx, "late", "b", true))
+		must[bool](t)(s.Handoff(ctx, "late", "b", false, ""))
+		must[bool](t)(s.Handoff(ctx, "late", "b", true, ""))
 		second := claimAll(t, s, "d", time.Minute)
 		if len(second) != 1 || second[0].Note.Episode != 2 || second[0].Note.ID == first[0].Note.ID {
 			t.Fatalf("a new hand-over in the same absence: %+v, want episode 2's own /expire", second)
@@ -470,13 +470,42 @@ func TestMutedBotNotifiesNothing(t *testing.T) {
 		if d := settle(t, s); len(d) != 1 || d[0].Queued {
 			t.Fatalf("decisions: %+v, want one, not notified", d)
 		}
-		must[bool](t)(s.Handoff(ctx, "m", "off", false))
-		must[bool](t)(s.Handoff(ctx, "m", "off", true))
+		must[bool](t)(s.Handoff(ctx, "m", "off", false, ""))
+		must[bool](t)(s.Handoff(ctx, "m", "off", true, ""))
 		if sg := rc.open(t, s, "m", "A", ev); !sg.Returned || sg.Queued {
 			t.Fatalf("return: %+v, want returned, nothing queued", sg)
 		}
 		if l := claimAll(t, s, "d", time.Minute); len(l) != 0 {
 			t.Fatalf("a muted bot's session was notified: %+v", l)
+		}
+	})
+}
+
+// The registry says which host each short replica id runs on, and whether
+// its lease lapsed; a retired replica leaves no host behind.
+func TestReplicasListsTheRegistry(t *testing.T) {
+	deployments(t, func(t *testing.T, s *State) {
+		ctx := context.Background()
+		a := *s
+		a.o.Host = "pod-a"
+		b := *s
+		b.o.Host = "pod-b"
+		must[time.Time](t)(func() (time.Time, error) { n, _, err := a.Renew(ctx, "ra", time.Minute); return n, err }())
+		must[time.Time](t)(func() (time.Time, error) { n, _, err := b.Renew(ctx, "rb", 200*time.Millisecond); return n, err }())
+		time.Sleep(300 * time.Millisecond)
+		rs := must[[]Replica](t)(s.Replicas(ctx))
+		if len(rs) != 2 || rs[0].ID != "ra" || rs[0].Host != "pod-a" || rs[0].Lapsed || rs[1].Host != "pod-b" || !rs[1].Lapsed {
+			t.Fatalf("replicas: %+v", rs)
+		}
+		for _, r := range must[[]LapsedReplica](t)(s.Lapsed(ctx)) {
+			must[int64](t)(s.ReapReplica(ctx, r))
+		}
+		rs = must[[]Replica](t)(s.Replicas(ctx))
+		if len(rs) != 1 || rs[0].ID != "ra" {
+			t.Fatalf("after the reap: %+v", rs)
+		}
+		if hosts := must[map[string]string](t)(s.c.Do(ctx, s.c.B().Hgetall().Key(s.hostsKey()).Build()).AsStrMap()); len(hosts) != 1 {
+			t.Fatalf("hosts left: %v", hosts)
 		}
 	})
 }

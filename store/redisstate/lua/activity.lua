@@ -16,7 +16,7 @@ end
 redis.call('HSET', h, 'mode', mode, 'iv', iv, 'seen', now)
 set_muted(h, ARGV[10])
 local n = num(redis.call('HGET', h, 'n'))
-if n == 0 and ARGV[8] ~= '' then redis.call('HSET', h, 'tp', ARGV[8]) end
+if n == 0 then keep_trace(h, ARGV[8]) end
 local r = back(p, h, sid, now, ARGV[7])
 if mode == 'activity' or n == 0 then
   local dl = now + iv

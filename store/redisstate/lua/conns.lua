@@ -5,6 +5,7 @@
 -- KEYS[1] session hash. ARGV: prefix, sid, replica, count, bot, mode,
 -- interval ms, handed over by default (1/0), return text, traceparent,
 -- forget after ms, muted (1/0).
+-- The traceparent is kept only for a session handed over (keep_trace).
 -- Returns {returned (1/0), episode, notification queued (1/0), connections
 -- on all replicas}.
 local p, sid, rid, count, bot, mode, iv = ARGV[1], ARGV[2], ARGV[3], num(ARGV[4]), ARGV[5], ARGV[6], num(ARGV[7])
@@ -37,7 +38,7 @@ if count > prev then
   -- A connection opened: in connection mode that is presence (and maybe a
   -- return); in activity mode an open is not activity.
   redis.call('PERSIST', h)
-  if ARGV[10] ~= '' then redis.call('HSET', h, 'tp', ARGV[10]) end
+  keep_trace(h, ARGV[10])
   if mode == 'connection' then
     redis.call('HSET', h, 'seen', now)
     r = back(p, h, sid, now, ARGV[9])

@@ -3,7 +3,8 @@
 -- agent must learn the client is gone); an end after it closes the episode
 -- without a return message, so a new hand-over in the same absence is a new
 -- episode and one episode never has two /expire (invariant 2).
--- KEYS[1] session hash. ARGV: prefix, sid, on, bot, forget after ms.
+-- KEYS[1] session hash. ARGV: prefix, sid, on, bot, forget after ms,
+-- traceparent (kept while handed over).
 -- Returns 1 when it changed, 0 when it already was so (or the session is
 -- unknown and the hand-over ends).
 local p, sid, on, bot, forget = ARGV[1], ARGV[2], ARGV[3], ARGV[4], num(ARGV[5])
@@ -19,6 +20,7 @@ if bot ~= '' and (redis.call('HGET', h, 'bot') or '') == '' then
 end
 if redis.call('HGET', h, 'ho') == on then return 0 end
 redis.call('HSET', h, 'ho', on)
+if on == '1' then keep_trace(h, ARGV[6]) else redis.call('HDEL', h, 'tp') end
 local st = redis.call('HMGET', h, 'st', 'xs', 'ep', 'rs', 'seen', 'bot', 'tp', 'inc', 'ab')
 if st[1] == 'a' then
   if on == '1' and st[2] ~= '1' and not muted(h) then

@@ -38,6 +38,15 @@ local function set_muted(h, flag)
   if flag == '1' then redis.call('HSET', h, 'en', 0) else redis.call('HDEL', h, 'en') end
 end
 
+-- keep_trace records tp, the traceparent of the session's latest
+-- connection or request, for the spans of its notifications to link to. Only
+-- a session handed over has notifications, and a traceparent is a quarter of
+-- a session's bytes, so the others keep none (README, "Cluster mode":
+-- memory per session).
+local function keep_trace(h, tp)
+  if tp ~= '' and redis.call('HGET', h, 'ho') == '1' then redis.call('HSET', h, 'tp', tp) end
+end
+
 -- enqueue appends head (JSON) to the session's outbox queue and makes the
 -- session ready for delivery at due unless it already waits (its score is
 -- kept: a head being retried holds the rest back). The shard's depth counts

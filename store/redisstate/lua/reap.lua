@@ -2,9 +2,12 @@
 -- sessions (idempotent: several survivors may run it). A session left
 -- without connections starts its interval at the lapse.
 -- KEYS[1] the dead replica's set of sessions in this shard.
--- ARGV: prefix, replica, lapse ms, forget after ms. Returns sessions reaped.
+-- ARGV: prefix, replica, lapse ms, forget after ms, batch. At most batch
+-- sessions per call, so that no call holds Redis for long (a script blocks
+-- every other client while it runs); the caller repeats until it returns
+-- fewer. Returns sessions reaped.
 local p, rid, lapse, forget = ARGV[1], ARGV[2], num(ARGV[3]), num(ARGV[4])
-local sids = redis.call('SMEMBERS', KEYS[1])
+local sids = redis.call('SPOP', KEYS[1], num(ARGV[5]))
 for _, sid in ipairs(sids) do
   local h = p .. 's:' .. sid
   local c = num(redis.call('HGET', h, 'c:' .. rid))
@@ -17,5 +20,4 @@ for _, sid in ipairs(sids) do
     end
   end
 end
-redis.call('DEL', KEYS[1])
 return #sids
