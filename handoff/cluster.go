@@ -36,6 +36,10 @@ const (
 	// has no way to wake a replica when another one queued a notification
 	// or a retry became due.
 	claimInterval = 200 * time.Millisecond
+	// fullClaimEvery: with ShareShards, every shard is asked at every
+	// fullClaimEvery-th round (1 s), the owned ones at every round; so a
+	// head in a shard whose owner died waits at most that long.
+	fullClaimEvery = 5
 )
 
 // ClusterDeliverer sends cluster mode's shared outbox. Create it with
@@ -48,7 +52,15 @@ type ClusterDeliverer struct {
 	wake    chan struct{}
 	running atomic.Bool
 	counts  clusterCounts
+	owns    func(shard int) bool // ShareShards; nil: every shard every round
 }
+
+// ShareShards makes Run ask Redis at every round only for the shards owns
+// reports, and for every shard once a second: the live replicas share the
+// shards (presence/cluster's Engine.Owns), so an idle cluster's claims cost
+// Redis one round per shard, not one per shard per replica. Call it before
+// Run.
+func (c *ClusterDeliverer) ShareShards(owns func(shard int) bool) { c.owns = owns }
 
 // NewCluster returns a deliverer of st's outbox for owner (this replica's id,
 // unique in the cluster). o is validated as by New, except that o.Store is not
@@ -147,12 +159,17 @@ func (c *ClusterDeliverer) Run(ctx context.Context) error {
 		}
 		return true
 	}
-	sweep := func() {
+	rounds := 0
+	sweep := func(all bool) {
 		if ctx.Err() != nil || time.Now().Before(retryAt) {
 			return
 		}
 		for i := range redisstate.Shards {
-			if len(inflight) >= d.o.Concurrency || !claim((first+i)%redisstate.Shards) {
+			n := (first + i) % redisstate.Shards
+			if !all && c.owns != nil && !c.owns(n) {
+				continue
+			}
+			if len(inflight) >= d.o.Concurrency || !claim(n) {
 				break
 			}
 		}
@@ -164,7 +181,7 @@ func (c *ClusterDeliverer) Run(ctx context.Context) error {
 
 	ticker := time.NewTicker(claimInterval)
 	defer ticker.Stop()
-	sweep()
+	sweep(true)
 	for {
 		select {
 		case <-ctx.Done():
@@ -192,9 +209,10 @@ func (c *ClusterDeliverer) Run(ctx context.Context) error {
 				}
 			}
 		case <-c.wake:
-			sweep()
+			sweep(true) // this replica queued something: wherever it is, now
 		case <-ticker.C:
-			sweep()
+			rounds++
+			sweep(rounds%fullClaimEvery == 0)
 		}
 	}
 }

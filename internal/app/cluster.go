@@ -68,6 +68,7 @@ func (a *App) buildCluster(p presenceParts) error {
 		st.Close()
 		return err
 	}
+	cd.ShareShards(eng.Owns)
 	log.Info("cluster mode: this replica's id in Redis", zap.String("host", host))
 	a.redis, a.clusterEngine, a.clusterDeliverer = st, eng, cd
 	a.presence, a.outbox = eng, cd

@@ -80,8 +80,7 @@ func (x *metrics) observeCluster(m metric.MeterProvider, e *cluster.Engine, d *h
 		errs = append(errs, err)
 		return c
 	}
-	// No unit: the Prometheus exporter would append _ratio to a unit of "1",
-	// and the documented name is presence_sidecar_redis_up.
+	// No unit: with "1" the Prometheus exporter would name it redis_up_ratio.
 	up := gauge(mRedisUp, "", "1 while this replica's last call to Redis succeeded, else 0 (presence decisions pause).")
 	renewals := counter(mLeaseRenewals, "{renewal}", "Renewals of this replica's lease in Redis, by outcome (ok, failed).")
 	takeovers := counter(mTakeovers, "{takeover}", "Work taken over from dead replicas: their connections reaped (kind=replica), their undelivered notifications claimed (kind=notification).")

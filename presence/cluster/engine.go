@@ -59,6 +59,8 @@ type Engine struct {
 	connsMu sync.Mutex
 	conns   map[event.ConnID]*connInfo
 
+	shards ownership // the shards swept at every round (shards.go)
+
 	healthy    atomic.Bool // the last Redis call succeeded
 	lastErr    atomic.Pointer[string]
 	sweepAfter atomic.Int64 // Unix ns: no sweep before (a lease after Redis came back)
@@ -283,6 +285,7 @@ func (e *Engine) SetHandoff(sid, bot string, on bool) error {
 		return fmt.Errorf("cluster: Redis: %w", err)
 	}
 	e.countHandoff(changed, on)
+	e.ledger.sawHandoff(sid, on)
 	if changed && on {
 		e.o.Wake() // a start during an absence queued its /expire
 	}
@@ -318,6 +321,11 @@ func (e *Engine) writeLoop(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
+			// A last write of what is pending (activity, hand-overs, closes
+			// that came before the shutdown), bounded by one call's time.
+			final, cancel := context.WithTimeout(context.Background(), redisstate.CallTimeout)
+			e.writeDirty(final)
+			cancel()
 			return
 		case <-e.ledger.kick:
 		case <-retry.C:
@@ -435,6 +443,11 @@ func (e *Engine) redisOK() {
 	}
 }
 
+// Owns reports whether shard n is among the shards this replica looks at
+// every round (shards.go); the cluster deliverer shares its claims the same
+// way.
+func (e *Engine) Owns(n int) bool { return e.shards.owns(n) }
+
 // Healthy reports whether the last call to Redis succeeded (/readyz).
 func (e *Engine) Healthy() bool { return e.healthy.Load() }
 
@@ -452,10 +465,19 @@ func (e *Engine) RedisTrouble() string {
 }
 
 func (e *Engine) registryLoop(ctx context.Context) {
-	tick := time.NewTicker(e.o.Lease / 3)
+	// Renewing every third of the lease leaves two renewals' slack; the
+	// lapsed replicas are looked for more often, so that a dead replica's
+	// connections are gone within about a second of its lapse.
+	renewEvery := e.o.Lease / 3
+	tick := time.NewTicker(min(time.Second, renewEvery))
 	defer tick.Stop()
+	var renewed time.Time
 	for {
-		e.registryRound(ctx)
+		if time.Since(renewed) >= renewEvery-renewEvery/10 {
+			renewed = time.Now()
+			e.renewRound(ctx)
+		}
+		e.reapRound(ctx)
 		select {
 		case <-ctx.Done():
 			return
@@ -464,49 +486,66 @@ func (e *Engine) registryLoop(ctx context.Context) {
 	}
 }
 
-// registryRound renews this replica's lease, reaps the lapsed ones and
-// reloads the bots' settings.
-func (e *Engine) registryRound(parent context.Context) {
+// renewRound renews this replica's lease, shares the shards among the live
+// replicas and reloads the bots' settings.
+func (e *Engine) renewRound(parent context.Context) {
 	ctx, cancel := context.WithTimeout(parent, e.o.Lease)
 	defer cancel()
 	if err := e.o.Bots.Reload(); err != nil {
 		e.log.Debug("presence: bot settings not reloaded", zap.Error(err))
 	}
-	{
-		_, lapsed, err := e.o.State.Renew(ctx, e.o.Replica, e.o.Lease)
-		if err != nil {
-			e.counts.renewFailures.Add(1)
+	_, lapsed, err := e.o.State.Renew(ctx, e.o.Replica, e.o.Lease)
+	if err != nil {
+		e.counts.renewFailures.Add(1)
+		e.redisFailed(err)
+		e.shards.assign(e.o.Replica, nil)
+		return
+	}
+	e.counts.renewals.Add(1)
+	e.redisOK()
+	if lapsed {
+		// Our lease lapsed (or Redis lost it): survivors may have reaped us
+		// or may yet; reap ourselves (idempotent), then say again what we
+		// hold.
+		if _, err := e.o.State.ReapReplica(ctx, redisstate.LapsedReplica{ID: e.o.Replica}); err != nil {
 			e.redisFailed(err)
 		} else {
-			e.counts.renewals.Add(1)
-			e.redisOK()
+			e.counts.reasserts.Add(1)
+			e.ledger.reassert()
 		}
-		if err == nil && lapsed {
-			// Our lease lapsed (or Redis lost it): survivors may have reaped
-			// us or may yet; reap ourselves (idempotent), then say again what
-			// we hold.
-			if _, err := e.o.State.ReapReplica(ctx, redisstate.LapsedReplica{ID: e.o.Replica}); err != nil {
-				e.redisFailed(err)
-			} else {
-				e.counts.reasserts.Add(1)
-				e.ledger.reassert()
+	}
+	var live []string
+	if rs, err := e.o.State.Replicas(ctx); err == nil {
+		for _, r := range rs {
+			if !r.Lapsed {
+				live = append(live, r.ID)
 			}
 		}
-		if lapsed, err := e.o.State.Lapsed(ctx); err == nil {
-			for _, r := range lapsed {
-				if r.ID == e.o.Replica {
-					continue
-				}
-				n, err := e.o.State.ReapReplica(ctx, r)
-				if err != nil {
-					e.redisFailed(err)
-					break
-				}
-				e.counts.reaped.Add(1)
-				e.log.Warn("presence: a replica's lease lapsed; its connections were removed",
-					zap.String("replica", r.ID), zap.Time("lapse", r.Lapse), zap.Int64("sessions", n))
-			}
+	}
+	e.shards.assign(e.o.Replica, live)
+}
+
+// reapRound removes the connections of every other replica whose lease
+// lapsed (idempotent: survivors may race).
+func (e *Engine) reapRound(parent context.Context) {
+	ctx, cancel := context.WithTimeout(parent, e.o.Lease)
+	defer cancel()
+	lapsed, err := e.o.State.Lapsed(ctx)
+	if err != nil {
+		return // the renewal reports Redis's trouble
+	}
+	for _, r := range lapsed {
+		if r.ID == e.o.Replica {
+			continue
 		}
+		n, err := e.o.State.ReapReplica(ctx, r)
+		if err != nil {
+			e.redisFailed(err)
+			return
+		}
+		e.counts.reaped.Add(1)
+		e.log.Warn("presence: a replica's lease lapsed; its connections were removed",
+			zap.String("replica", r.ID), zap.Time("lapse", r.Lapse), zap.Int64("sessions", n))
 	}
 }
 
@@ -518,6 +557,7 @@ const fireBatch = 32
 func (e *Engine) sweepLoop(ctx context.Context) {
 	tick := time.NewTicker(e.o.Sweep)
 	defer tick.Stop()
+	rounds := 0
 	for {
 		select {
 		case <-ctx.Done():
@@ -527,16 +567,20 @@ func (e *Engine) sweepLoop(ctx context.Context) {
 		if !e.healthy.Load() || time.Now().UnixNano() < e.sweepAfter.Load() {
 			continue
 		}
-		if e.sweep(ctx) {
+		rounds++
+		if e.sweep(ctx, rounds%fullSweepEvery == 0) {
 			e.o.Wake()
 		}
 	}
 }
 
-// sweep decides every shard's due deadlines once; it reports whether a
-// notification was queued.
-func (e *Engine) sweep(parent context.Context) (woke bool) {
+// sweep decides the due deadlines of the shards this replica owns, or of
+// every shard (all), once; it reports whether a notification was queued.
+func (e *Engine) sweep(parent context.Context, all bool) (woke bool) {
 	for n := 0; n < redisstate.Shards; n++ {
+		if !all && !e.shards.owns(n) {
+			continue
+		}
 		ctx, cancel := context.WithTimeout(parent, redisstate.CallTimeout)
 		ds, err := e.o.State.Fire(ctx, n, fireBatch)
 		cancel()

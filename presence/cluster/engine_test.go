@@ -202,3 +202,27 @@ func TestIdleConnectionsCostNoRedisTraffic(t *testing.T) {
 		t.Fatalf("2,000 idle connections made %d commands in 2 s, against %d with none", many, none)
 	}
 }
+
+// Replicas share the shards' sweeps (shards.go): three idle replicas cost
+// Redis well under three times what one does.
+func TestSweepsSharedAmongReplicas(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newState(t, []string{srv.Addr})
+	a := replica(t, s, "A")
+	testutil.Eventually(t, 5*time.Second, "first contact", a.Healthy)
+	time.Sleep(lease)
+	window := func() int {
+		before := commands(t, srv)
+		time.Sleep(2 * time.Second)
+		return commands(t, srv) - before
+	}
+	one := window()
+	b, c := replica(t, s, "B"), replica(t, s, "C")
+	testutil.Eventually(t, 5*time.Second, "the others' first contact", func() bool { return b.Healthy() && c.Healthy() })
+	time.Sleep(2 * lease) // their first sweeps wait a lease; shares follow the next renewals
+	three := window()
+	t.Logf("Redis commands in 2 s: %d with one idle replica, %d with three", one, three)
+	if three > one*18/10 {
+		t.Fatalf("three replicas made %d commands, one made %d: the sweeps are not shared", three, one)
+	}
+}

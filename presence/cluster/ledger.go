@@ -168,3 +168,18 @@ func (l *ledger) trace(sid string) string {
 	}
 	return ""
 }
+
+// sawHandoff remembers a hand-over change made elsewhere (the admin API) on
+// the entry of a session this replica holds connections of, for a Redis
+// that comes back empty (handedOver). It never creates an entry.
+func (l *ledger) sawHandoff(sid string, on bool) {
+	sh := &l.shards[redisstate.ShardOf(sid)]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if e := sh.sessions[sid]; e != nil {
+		e.handedOver = -1
+		if on {
+			e.handedOver = 1
+		}
+	}
+}

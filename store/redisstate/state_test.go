@@ -509,3 +509,26 @@ func TestReplicasListsTheRegistry(t *testing.T) {
 		}
 	})
 }
+
+// In activity mode a connection is not activity, but a new session has its
+// interval from its first connection: a client that connects and never
+// speaks is found inactive; one that speaks is not, until it falls silent.
+func TestActivityModeSilentClientIsInactive(t *testing.T) {
+	deployments(t, func(t *testing.T, s *State) {
+		ctx := context.Background()
+		rc := replicaCounts{}
+		act := Mode{Activity: true, Interval: interval}
+		rc.open(t, s, "silent", "A", Event{Bot: "b", Mode: act})
+		rc.open(t, s, "talks", "A", Event{Bot: "b", Mode: act})
+		time.Sleep(interval / 2)
+		must[Sign](t)(s.Activity(ctx, "talks", Event{Bot: "b", Mode: act}))
+		time.Sleep(interval/2 + 100*time.Millisecond)
+		d := fireAll(t, s)
+		if len(d) != 1 || d[0].SessionID != "silent" || d[0].Reason != "inactive" {
+			t.Fatalf("decisions: %+v, want the silent one alone, inactive", d)
+		}
+		if d := settle(t, s); len(d) != 1 || d[0].SessionID != "talks" {
+			t.Fatalf("later: %+v, want the one that fell silent", d)
+		}
+	})
+}

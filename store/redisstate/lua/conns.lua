@@ -11,9 +11,11 @@
 local p, sid, rid, count, bot, mode, iv = ARGV[1], ARGV[2], ARGV[3], num(ARGV[4]), ARGV[5], ARGV[6], num(ARGV[7])
 local h = KEYS[1]
 local now = now_ms()
+local created = false
 if redis.call('EXISTS', h) == 0 then
   if count == 0 then return {0, 0, 0, 0} end
   create(h, now, ARGV[8])
+  created = true
 end
 if bot ~= '' and (redis.call('HGET', h, 'bot') or '') == '' then
   redis.call('HSET', h, 'bot', bot)
@@ -42,6 +44,11 @@ if count > prev then
   if mode == 'connection' then
     redis.call('HSET', h, 'seen', now)
     r = back(p, h, sid, now, ARGV[9])
+  elseif created then
+    -- A new session in activity mode has its interval from now: a client
+    -- that connects and never speaks is found inactive (as embedded).
+    redis.call('HSET', h, 'dl', now + iv)
+    redis.call('ZADD', p .. 'due', now + iv, sid)
   end
 elseif n == 0 and prev > 0 then
   disconnected(p, h, sid, now, num(ARGV[11]))
