@@ -38,6 +38,9 @@ func CheckPrefix(p string) error {
 	return nil
 }
 
+// firstConnectWait bounds how long Dial waits for its first connection.
+const firstConnectWait = time.Second
+
 // ErrNotConnected is the error of every call made before Dial's first
 // connection to Redis succeeded.
 var ErrNotConnected = errors.New("redis: not connected yet")
@@ -69,7 +72,21 @@ func Dial(url string, o Options, onConnect func()) (*State, error) {
 	}
 	lc.builder = placeholder.B()
 	placeholder.Close()
-	lc.wg.Go(func() { lc.connect(opt, onConnect) })
+	connected := make(chan struct{})
+	lc.wg.Go(func() {
+		lc.connect(opt, func() {
+			close(connected)
+			if onConnect != nil {
+				onConnect()
+			}
+		})
+	})
+	// The usual case, a reachable Redis, is connected before the caller's
+	// first call; an unreachable one holds start-up back at most this long.
+	select {
+	case <-connected:
+	case <-time.After(firstConnectWait):
+	}
 	s := New(lc, o)
 	s.closer = lc
 	return s, nil
