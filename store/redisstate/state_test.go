@@ -517,17 +517,21 @@ func TestActivityModeSilentClientIsInactive(t *testing.T) {
 	deployments(t, func(t *testing.T, s *State) {
 		ctx := context.Background()
 		rc := replicaCounts{}
-		act := Mode{Activity: true, Interval: interval}
+		// A longer interval than the other tests': the sweep of 64 shards
+		// must fit between the two deadlines on a loaded machine.
+		const iv = 1500 * time.Millisecond
+		act := Mode{Activity: true, Interval: iv}
 		rc.open(t, s, "silent", "A", Event{Bot: "b", Mode: act})
 		rc.open(t, s, "talks", "A", Event{Bot: "b", Mode: act})
-		time.Sleep(interval / 2)
+		time.Sleep(iv / 2)
 		must[Sign](t)(s.Activity(ctx, "talks", Event{Bot: "b", Mode: act}))
-		time.Sleep(interval/2 + 100*time.Millisecond)
+		time.Sleep(iv/2 + 150*time.Millisecond) // silent is due; talks is not for iv/2 more
 		d := fireAll(t, s)
 		if len(d) != 1 || d[0].SessionID != "silent" || d[0].Reason != "inactive" {
 			t.Fatalf("decisions: %+v, want the silent one alone, inactive", d)
 		}
-		if d := settle(t, s); len(d) != 1 || d[0].SessionID != "talks" {
+		time.Sleep(iv / 2)
+		if d := fireAll(t, s); len(d) != 1 || d[0].SessionID != "talks" {
 			t.Fatalf("later: %+v, want the one that fell silent", d)
 		}
 	})
