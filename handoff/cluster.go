@@ -53,6 +53,11 @@ type ClusterDeliverer struct {
 	running atomic.Bool
 	counts  clusterCounts
 	owns    func(shard int) bool // ShareShards; nil: every shard every round
+
+	statsMu  sync.Mutex // guards the last ClusterStats reading
+	stats    ClusterStats
+	statsAt  time.Time
+	statsErr error
 }
 
 // ShareShards makes Run ask Redis at every round only for the shards owns

@@ -86,19 +86,41 @@ type ClusterStats struct {
 
 type clusterCounts struct{ takeovers, lostAcks atomic.Uint64 }
 
-// ClusterStats reads the outbox's depth and age from Redis (one bounded
-// round over the shards) and the counters.
+// ClusterStats reads the outbox's depth and age from Redis and the
+// counters. A scrape of the metrics asks for it more than once, and must not
+// hang on a Redis that is away: the reading is kept for statsFresh, and each
+// read is bounded by statsTimeout (the last good one is returned on failure,
+// with the error).
 func (c *ClusterDeliverer) ClusterStats() (ClusterStats, error) {
+	c.statsMu.Lock()
+	defer c.statsMu.Unlock()
 	s := ClusterStats{Takeovers: c.counts.takeovers.Load(), LostAcks: c.counts.lostAcks.Load()}
-	ctx, cancel := callCtx()
+	if time.Since(c.statsAt) < statsFresh {
+		s.Depth, s.OldestAge = c.stats.Depth, c.stats.OldestAge
+		return s, c.statsErr
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), statsTimeout)
 	defer cancel()
-	var err error
-	if s.Depth, err = c.st.Depth(ctx); err != nil {
+	depth, err := c.st.Depth(ctx)
+	var oldest time.Time
+	var ok bool
+	if err == nil {
+		oldest, ok, err = c.st.OldestReady(ctx)
+	}
+	c.statsAt, c.statsErr = time.Now(), err
+	if err != nil {
+		s.Depth, s.OldestAge = c.stats.Depth, c.stats.OldestAge
 		return s, err
 	}
-	oldest, ok, err := c.st.OldestReady(ctx)
-	if err == nil && ok {
+	s.Depth = depth
+	if ok {
 		s.OldestAge = max(time.Since(oldest), 0)
 	}
-	return s, err
+	c.stats = s
+	return s, nil
 }
+
+const (
+	statsFresh   = time.Second
+	statsTimeout = 250 * time.Millisecond
+)

@@ -61,14 +61,20 @@ type Engine struct {
 
 	shards ownership // the shards swept at every round (shards.go)
 
-	healthy    atomic.Bool // the last Redis call succeeded
-	lastErr    atomic.Pointer[string]
-	sweepAfter atomic.Int64 // Unix ns: no sweep before (a lease after Redis came back)
+	healthy atomic.Bool   // the last Redis call succeeded
+	okSeq   atomic.Uint64 // successful rounds so far (redisFailed)
+	lastErr atomic.Pointer[string]
+	// reassertOwed is when (Unix ms, Redis's clock) Redis last told this
+	// replica its lease had lapsed, until the self-reap and re-assertion
+	// that follow have succeeded; 0: none owed.
+	reassertOwed atomic.Int64
+	rounds       int          // renewal rounds (registryLoop's goroutine only)
+	sweepAfter   atomic.Int64 // Unix ns: no sweep before (a lease after Redis came back)
 
 	counts struct {
 		decisions, queued, returned, redisErrors, reasserts, reaped       atomic.Uint64
 		offline, online, handoffOn, handoffOff, idsRefused, untrackedReqs atomic.Uint64
-		renewals, renewFailures                                           atomic.Uint64
+		renewals, renewFailures, restated                                 atomic.Uint64
 		untrackedConns                                                    atomic.Int64
 	}
 }
@@ -279,9 +285,10 @@ func (e *Engine) SetHandoff(sid, bot string, on bool) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), redisstate.CallTimeout)
 	defer cancel()
+	began := e.began()
 	changed, err := e.o.State.Handoff(ctx, sid, bot, on, e.ledger.trace(sid))
 	if err != nil {
-		e.redisFailed(err)
+		e.redisFailed(err, began)
 		return fmt.Errorf("cluster: Redis: %w", err)
 	}
 	e.countHandoff(changed, on)
@@ -318,7 +325,15 @@ func (e *Engine) Run(ctx context.Context) error {
 func (e *Engine) writeLoop(ctx context.Context) {
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
+	failing := false
 	for {
+		kick := e.ledger.kick
+		if failing {
+			// A Redis that failed the last round is tried again once a
+			// second, not at every connection change: retrying each change
+			// against a dead Redis would cost the relay's CPU for nothing.
+			kick = nil
+		}
 		select {
 		case <-ctx.Done():
 			// A last write of what is pending (activity, hand-overs, closes
@@ -327,10 +342,10 @@ func (e *Engine) writeLoop(ctx context.Context) {
 			e.writeDirty(final)
 			cancel()
 			return
-		case <-e.ledger.kick:
+		case <-kick:
 		case <-retry.C:
 		}
-		if failed := e.writeDirty(ctx); failed {
+		if failing = e.writeDirty(ctx); failing {
 			retry.Reset(time.Second)
 		}
 	}
@@ -343,13 +358,19 @@ func (e *Engine) writeLoop(ctx context.Context) {
 // round trip at a time.
 func (e *Engine) writeDirty(ctx context.Context) (failed bool) {
 	var (
-		mu   sync.Mutex
-		woke bool
-		wg   sync.WaitGroup
-		sem  = make(chan struct{}, writers)
+		mu      sync.Mutex
+		woke    bool
+		wg      sync.WaitGroup
+		sem     = make(chan struct{}, writers)
+		stopped atomic.Bool // once a write failed, the rest of the round is put back unsent
 	)
+	began := e.began()
 	for n := range redisstate.Shards {
 		for _, p := range e.ledger.take(n) {
+			if stopped.Load() {
+				e.ledger.putBack(p)
+				continue
+			}
 			sem <- struct{}{}
 			wg.Go(func() {
 				defer func() { <-sem }()
@@ -358,7 +379,8 @@ func (e *Engine) writeDirty(ctx context.Context) (failed bool) {
 				defer mu.Unlock()
 				if err != nil {
 					e.ledger.putBack(p)
-					e.redisFailed(err)
+					e.redisFailed(err, began)
+					stopped.Store(true)
 					failed = true
 					return
 				}
@@ -425,16 +447,28 @@ func (e *Engine) noteSign(sid string, sg redisstate.Sign) bool {
 	return sg.Queued
 }
 
-func (e *Engine) redisFailed(err error) {
+// began is what redisFailed needs to know of a call: the successes seen
+// before it started.
+func (e *Engine) began() uint64 { return e.okSeq.Load() }
+
+// redisFailed records a failed call that started when began was taken. A
+// call that started before a later success (it failed during an outage that
+// has since ended) counts as an error but does not mark Redis away again:
+// health must not flap after a recovery.
+func (e *Engine) redisFailed(err error, began uint64) {
 	e.counts.redisErrors.Add(1)
 	msg := err.Error()
 	e.lastErr.Store(&msg)
+	if e.okSeq.Load() != began {
+		return
+	}
 	if e.healthy.Swap(false) {
 		e.log.Error("presence: Redis is unreachable; decisions pause, connection changes are kept and replayed", zap.Error(err))
 	}
 }
 
 func (e *Engine) redisOK() {
+	e.okSeq.Add(1)
 	if !e.healthy.Swap(true) {
 		// Back (or first contact): every replica re-asserts its connections
 		// within a lease; sweeping earlier could decide from missing data.
@@ -486,34 +520,44 @@ func (e *Engine) registryLoop(ctx context.Context) {
 	}
 }
 
-// renewRound renews this replica's lease, shares the shards among the live
-// replicas and reloads the bots' settings.
+// renewRound renews this replica's lease, re-asserts its connections when
+// Redis lost the lease, shares the shards among the live replicas,
+// reconciles what Redis records of this replica every few rounds, and
+// reloads the bots' settings.
 func (e *Engine) renewRound(parent context.Context) {
-	ctx, cancel := context.WithTimeout(parent, e.o.Lease)
-	defer cancel()
-	if err := e.o.Bots.Reload(); err != nil {
+	if err := e.o.Bots.Reload(); err != nil { // its own bounded call
 		e.log.Debug("presence: bot settings not reloaded", zap.Error(err))
 	}
-	_, lapsed, err := e.o.State.Renew(ctx, e.o.Replica, e.o.Lease)
+	began := e.began()
+	ctx, cancel := context.WithTimeout(parent, redisstate.CallTimeout)
+	now, lapsed, err := e.o.State.Renew(ctx, e.o.Replica, e.o.Lease)
+	cancel()
 	if err != nil {
 		e.counts.renewFailures.Add(1)
-		e.redisFailed(err)
+		e.redisFailed(err, began)
 		e.shards.assign(e.o.Replica, nil)
 		return
 	}
-	e.counts.renewals.Add(1)
+	first := e.counts.renewals.Add(1) == 1
 	e.redisOK()
-	if lapsed {
-		// Our lease lapsed (or Redis lost it): survivors may have reaped us
-		// or may yet; reap ourselves (idempotent), then say again what we
-		// hold.
-		if _, err := e.o.State.ReapReplica(ctx, redisstate.LapsedReplica{ID: e.o.Replica}); err != nil {
-			e.redisFailed(err)
-		} else {
-			e.counts.reasserts.Add(1)
-			e.ledger.reassert()
-		}
+	switch {
+	case lapsed && first:
+		// A new process's lease is missing, not lapsed: nothing of ours in
+		// Redis can be stale (the id is new), so there is nothing to reap;
+		// stating what is held already is harmless.
+		e.ledger.reassert()
+	case lapsed:
+		e.reassertOwed.CompareAndSwap(0, now.UnixMilli())
 	}
+	if owed := e.reassertOwed.Load(); owed != 0 && e.reassert(parent, time.UnixMilli(owed)) {
+		e.reassertOwed.CompareAndSwap(owed, 0)
+	}
+	e.rounds++
+	if e.rounds%reconcileEvery == 0 {
+		e.reconcile(parent)
+	}
+	ctx, cancel = context.WithTimeout(parent, redisstate.CallTimeout)
+	defer cancel()
 	var live []string
 	if rs, err := e.o.State.Replicas(ctx); err == nil {
 		for _, r := range rs {
@@ -523,6 +567,65 @@ func (e *Engine) renewRound(parent context.Context) {
 		}
 	}
 	e.shards.assign(e.o.Replica, live)
+}
+
+// reassert follows a lapse of our lease (a pause past it, or a Redis that
+// lost it): survivors may have reaped us or may yet, so reap ourselves
+// (idempotent; sessions left without connections start their interval at
+// lapse), then state every live connection again. It reports success;
+// until then it is owed at every round.
+func (e *Engine) reassert(parent context.Context, lapse time.Time) bool {
+	began := e.began()
+	ctx, cancel := context.WithTimeout(parent, e.o.Lease)
+	defer cancel()
+	if _, err := e.o.State.ReapReplica(ctx, redisstate.LapsedReplica{ID: e.o.Replica, Lapse: lapse}); err != nil {
+		e.redisFailed(err, began)
+		return false
+	}
+	e.counts.reasserts.Add(1)
+	e.ledger.reassert()
+	e.log.Warn("presence: Redis had lost this replica's lease; its connections were stated again", zap.Time("lapse", lapse))
+	return true
+}
+
+// reconcileEvery is how often (in renewal rounds, a third of a lease each)
+// the replica compares what Redis records of its connections with what it
+// holds.
+const reconcileEvery = 3
+
+// reconcile finds writes Redis acknowledged and then lost (a Sentinel
+// failover to a replica that had not received them): per shard, the count
+// of sessions Redis lists on this replica against the count it holds, and
+// where they differ the lists, restating every difference (ledger.restate).
+// A close that was lost is then stated again within a lease, and its
+// session decided an interval later: no decision is lost for good.
+func (e *Engine) reconcile(parent context.Context) {
+	began := e.began()
+	ctx, cancel := context.WithTimeout(parent, redisstate.CallTimeout)
+	counts, err := e.o.State.ReplicaCounts(ctx, e.o.Replica)
+	cancel()
+	if err != nil {
+		e.redisFailed(err, began)
+		return
+	}
+	marked := 0
+	for n := range redisstate.Shards {
+		if held := e.ledger.held(n); int64(len(held)) != counts[n] {
+			ctx, cancel := context.WithTimeout(parent, redisstate.CallTimeout)
+			sids, err := e.o.State.ReplicaSessions(ctx, n, e.o.Replica)
+			cancel()
+			if err != nil {
+				e.redisFailed(err, began)
+				return
+			}
+			marked += e.ledger.restate(n, sids)
+		}
+	}
+	if marked > 0 {
+		e.counts.restated.Add(uint64(marked))
+		e.log.Info("presence: what Redis records of this replica's connections differed from what it holds; restated",
+			zap.Int("sessions", marked))
+	}
 }
 
 // reapRound removes the connections of every other replica whose lease
@@ -538,9 +641,10 @@ func (e *Engine) reapRound(parent context.Context) {
 		if r.ID == e.o.Replica {
 			continue
 		}
+		began := e.began()
 		n, err := e.o.State.ReapReplica(ctx, r)
 		if err != nil {
-			e.redisFailed(err)
+			e.redisFailed(err, began)
 			return
 		}
 		e.counts.reaped.Add(1)
@@ -582,10 +686,11 @@ func (e *Engine) sweep(parent context.Context, all bool) (woke bool) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(parent, redisstate.CallTimeout)
+		began := e.began()
 		ds, err := e.o.State.Fire(ctx, n, fireBatch)
 		cancel()
 		if err != nil {
-			e.redisFailed(err)
+			e.redisFailed(err, began)
 			break
 		}
 		if len(ds) == fireBatch {

@@ -183,3 +183,58 @@ func (l *ledger) sawHandoff(sid string, on bool) {
 		}
 	}
 }
+
+// held lists the sessions of shard n with live connections on this replica.
+func (l *ledger) held(n int) map[string]bool {
+	sh := &l.shards[n]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	out := make(map[string]bool, len(sh.sessions))
+	for sid, e := range sh.sessions {
+		if e.conns > 0 {
+			out[sid] = true
+		}
+	}
+	return out
+}
+
+// restate makes shard n's entries agree with what Redis records of this
+// replica (inRedis: the sessions it lists as having connections here):
+// a session Redis lists but this replica does not hold gets its count, 0,
+// stated again; one held but not listed gets its count stated again. Both
+// are absolute counts, so stating them twice is harmless. It reports how
+// many entries it marked.
+func (l *ledger) restate(n int, inRedis []string) int {
+	sh := &l.shards[n]
+	sh.mu.Lock()
+	listed := make(map[string]bool, len(inRedis))
+	marked := 0
+	for _, sid := range inRedis {
+		listed[sid] = true
+		e := sh.sessions[sid]
+		if e == nil {
+			e = &entry{sid: sid}
+			sh.sessions[sid] = e
+		}
+		if e.conns == 0 && !e.connsDirty {
+			e.connsDirty = true
+			sh.dirty[sid] = e
+			marked++
+		}
+	}
+	for sid, e := range sh.sessions {
+		if e.conns > 0 && !listed[sid] && !e.connsDirty {
+			e.connsDirty = true
+			sh.dirty[sid] = e
+			marked++
+		}
+	}
+	sh.mu.Unlock()
+	if marked > 0 {
+		select {
+		case l.kick <- struct{}{}:
+		default:
+		}
+	}
+	return marked
+}

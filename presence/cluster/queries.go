@@ -46,9 +46,10 @@ func (e *Engine) Sessions() []presence.View {
 	ctx, cancel := context.WithTimeout(context.Background(), redisstate.CallTimeout)
 	defer cancel()
 	out := []presence.View{}
+	began := e.began()
 	ss, err := e.o.State.Sessions(ctx, MaxListed)
 	if err != nil {
-		e.redisFailed(err)
+		e.redisFailed(err, began)
 		return out
 	}
 	for _, s := range ss {
@@ -65,9 +66,10 @@ func (e *Engine) Session(id string) (presence.View, bool) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), redisstate.CallTimeout)
 	defer cancel()
+	began := e.began()
 	s, ok, err := e.o.State.Session(ctx, id)
 	if err != nil {
-		e.redisFailed(err)
+		e.redisFailed(err, began)
 		return presence.View{}, false
 	}
 	if !ok {

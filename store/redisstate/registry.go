@@ -111,3 +111,27 @@ func (s *State) Replicas(ctx context.Context) ([]Replica, error) {
 	slices.SortFunc(out, func(a, b Replica) int { return strings.Compare(a.ID, b.ID) })
 	return out, nil
 }
+
+// ReplicaCounts is, per shard, how many sessions Redis records as having
+// connections on replica: the replica compares them with what it holds to
+// find writes Redis lost (a failover that dropped acknowledged writes).
+func (s *State) ReplicaCounts(ctx context.Context, replica string) ([Shards]int64, error) {
+	var out [Shards]int64
+	rs := s.doMulti(ctx, "replicacounts", s.perShard(func(k string) rueidis.Completed {
+		return s.c.B().Scard().Key(k).Build()
+	}, "r:"+replica))
+	for n, r := range rs {
+		v, err := r.AsInt64()
+		if err != nil {
+			return out, err
+		}
+		out[n] = v
+	}
+	return out, nil
+}
+
+// ReplicaSessions lists the sessions of shard that Redis records as having
+// connections on replica.
+func (s *State) ReplicaSessions(ctx context.Context, shard int, replica string) ([]string, error) {
+	return s.do(ctx, "replicasessions", s.c.B().Smembers().Key(s.shardPrefix(shard)+"r:"+replica).Build()).AsStrSlice()
+}

@@ -10,11 +10,8 @@ local now = now_ms()
 if redis.call('EXISTS', h) == 0 then
   create(h, now, ARGV[6])
 end
-if bot ~= '' and (redis.call('HGET', h, 'bot') or '') == '' then
-  redis.call('HSET', h, 'bot', bot)
-end
-redis.call('HSET', h, 'mode', mode, 'iv', iv, 'seen', now)
-set_muted(h, ARGV[10])
+mode, iv = settings(h, bot, mode, iv, ARGV[10])
+redis.call('HSET', h, 'seen', now)
 local n = num(redis.call('HGET', h, 'n'))
 if n == 0 then keep_trace(h, ARGV[8]) end
 local r = back(p, h, sid, now, ARGV[7])

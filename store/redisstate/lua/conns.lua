@@ -11,17 +11,16 @@
 local p, sid, rid, count, bot, mode, iv = ARGV[1], ARGV[2], ARGV[3], num(ARGV[4]), ARGV[5], ARGV[6], num(ARGV[7])
 local h = KEYS[1]
 local now = now_ms()
-local created = false
+local created, orphan = false, false
 if redis.call('EXISTS', h) == 0 then
-  if count == 0 then return {0, 0, 0, 0} end
+  -- A close of a session Redis does not have (it came back empty, or lost
+  -- the open in a failover) matters only for a session known to be handed
+  -- over: its leaving must still be reported, one interval from now.
+  if count == 0 and ARGV[8] ~= '1' then return {0, 0, 0, 0} end
   create(h, now, ARGV[8])
-  created = true
+  created, orphan = true, count == 0
 end
-if bot ~= '' and (redis.call('HGET', h, 'bot') or '') == '' then
-  redis.call('HSET', h, 'bot', bot)
-end
-redis.call('HSET', h, 'mode', mode, 'iv', iv)
-set_muted(h, ARGV[12])
+mode, iv = settings(h, bot, mode, iv, ARGV[12])
 local prev = num(redis.call('HGET', h, 'c:' .. rid))
 if count > 0 then
   redis.call('HSET', h, 'c:' .. rid, count)
@@ -50,7 +49,7 @@ if count > prev then
     redis.call('HSET', h, 'dl', now + iv)
     redis.call('ZADD', p .. 'due', now + iv, sid)
   end
-elseif n == 0 and prev > 0 then
+elseif n == 0 and (prev > 0 or orphan) then
   disconnected(p, h, sid, now, num(ARGV[11]))
 end
 table.insert(r, n)

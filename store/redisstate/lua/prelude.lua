@@ -38,6 +38,26 @@ local function set_muted(h, flag)
   if flag == '1' then redis.call('HSET', h, 'en', 0) else redis.call('HDEL', h, 'en') end
 end
 
+-- settings records the session's bot (once) and the mode and interval the
+-- reporting replica resolved for it. An event that names no bot (a request
+-- without botId, a replica restating a count it lost track of) resolved the
+-- defaults, which must not replace the settings of the session's known bot:
+-- it keeps the recorded ones. Returns the mode and interval in force.
+local function settings(h, bot, mode, iv, mute)
+  local known = redis.call('HGET', h, 'bot') or ''
+  if bot ~= '' and known == '' then
+    redis.call('HSET', h, 'bot', bot)
+    known = bot
+  end
+  if bot == '' and known ~= '' then
+    local cur = redis.call('HMGET', h, 'mode', 'iv')
+    if cur[1] then return cur[1], num(cur[2]) end
+  end
+  redis.call('HSET', h, 'mode', mode, 'iv', iv)
+  set_muted(h, mute)
+  return mode, iv
+end
+
 -- keep_trace records tp, the traceparent of the session's latest
 -- connection or request, for the spans of its notifications to link to. Only
 -- a session handed over has notifications, and a traceparent is a quarter of
