@@ -126,6 +126,34 @@ func (c *ClusterDeliverer) Run(ctx context.Context) error {
 	var retryAt time.Time
 	first := 0 // the shard a sweep starts at, rotated so none is favoured when slots are few
 
+	// deferred are leases this deliverer won for a session whose attempt
+	// here had not reported back yet: its head was acknowledged and the next
+	// one became due before Run heard so (or our earlier lease lapsed while
+	// the attempt still ran). Each starts when that attempt is done, so the
+	// session's notifications still go out one at a time, in order, and none
+	// waits for its lease to lapse.
+	deferred := map[string]redisstate.Lease{}
+	startAttempt := func(l redisstate.Lease) {
+		sid := l.Note.SessionID
+		inflight[sid] = struct{}{}
+		if l.TakenOver {
+			c.counts.takeovers.Add(1)
+			d.log.Info("handoff: taking over a notification whose deliverer's lease lapsed", zap.String("session", sid),
+				zap.String("webhook_id", l.Note.ID), zap.Int("attempts", l.Note.Attempts))
+		}
+		attempts.Go(func() {
+			c.attempt(l)
+			done <- clusterDone{shard: l.Shard, sid: sid}
+		})
+	}
+	finished := func(r clusterDone) {
+		delete(inflight, r.sid)
+		if l, ok := deferred[r.sid]; ok {
+			delete(deferred, r.sid)
+			startAttempt(l)
+		}
+	}
+
 	// claim leases due heads of shard for the free slots and starts their
 	// attempts; false when Redis failed.
 	claim := func(shard int) bool {
@@ -137,23 +165,12 @@ func (c *ClusterDeliverer) Run(ctx context.Context) error {
 		for _, l := range leases {
 			sid := l.Note.SessionID
 			if _, busy := inflight[sid]; busy {
-				// Our earlier lease of this session lapsed while its attempt
-				// still runs; sending again now could reorder. Leave the new
-				// lease to lapse.
-				d.log.Warn("handoff: a head was claimed while its session's attempt still runs", zap.String("session", sid),
+				d.log.Debug("handoff: a head was claimed while its session's attempt still runs; it starts after", zap.String("session", sid),
 					zap.String("webhook_id", l.Note.ID))
+				deferred[sid] = l
 				continue
 			}
-			inflight[sid] = struct{}{}
-			if l.TakenOver {
-				c.counts.takeovers.Add(1)
-				d.log.Info("handoff: taking over a notification whose deliverer's lease lapsed", zap.String("session", sid),
-					zap.String("webhook_id", l.Note.ID), zap.Int("attempts", l.Note.Attempts))
-			}
-			attempts.Go(func() {
-				c.attempt(l)
-				done <- clusterDone{shard: l.Shard, sid: sid}
-			})
+			startAttempt(l)
 		}
 		if err != nil && ctx.Err() == nil {
 			failBO = min(max(2*failBO, d.o.FirstRetry), min(d.o.RetryMaxDelay, 30*time.Second))
@@ -196,11 +213,11 @@ func (c *ClusterDeliverer) Run(ctx context.Context) error {
 			// A delivered head makes the session's next one due at once: look
 			// at the shards that just finished before the next sweep.
 			shards := map[int]struct{}{r.shard: {}}
-			delete(inflight, r.sid)
+			finished(r)
 			for drained := false; !drained; {
 				select {
 				case r := <-done:
-					delete(inflight, r.sid)
+					finished(r)
 					shards[r.shard] = struct{}{}
 				default:
 					drained = true

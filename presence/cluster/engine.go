@@ -144,7 +144,7 @@ func (e *Engine) bound(who event.Identity) event.Identity {
 func (e *Engine) attach(sid, bot, trace string) {
 	e.ledger.update(sid, func(en *entry) {
 		en.conns++
-		en.connsDirty = true
+		en.connsDirty, en.opened = true, true
 		if bot != "" {
 			en.bot = bot
 		}
@@ -408,7 +408,7 @@ func (e *Engine) write(ctx context.Context, p pending) (queued bool, err error) 
 	defer cancel()
 	set := e.o.Bots.Settings(p.bot)
 	ev := redisstate.Event{Bot: p.bot, Mode: redisstate.Mode{Activity: set.Mode == presence.ModeActivity, Interval: set.CheckInterval},
-		HandedOver: e.o.Detect.Always || p.handedOver > 0, Muted: !set.Enabled, ReturnText: set.ReturnText(), TraceParent: p.trace}
+		HandedOver: e.o.Detect.Always || p.handedOver > 0, Muted: !set.Enabled, Opened: p.opened, ReturnText: set.ReturnText(), TraceParent: p.trace}
 	if p.handoff != 0 {
 		changed, err := e.o.State.Handoff(ctx, p.sid, p.bot, p.handoff > 0, p.trace)
 		if err != nil {

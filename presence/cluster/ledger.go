@@ -34,6 +34,10 @@ type entry struct {
 
 	conns      int  // live connections of the session on this replica
 	connsDirty bool // conns not yet stated to Redis
+	// opened: a connection opened since conns was last stated. The count
+	// alone would hide an open and close that both came before the writer
+	// took the entry, and with them a brief return.
+	opened bool
 
 	activityAt time.Time // a sign of presence not yet sent (zero: none)
 
@@ -89,7 +93,7 @@ func (l *ledger) take(n int) []pending {
 	out := make([]pending, 0, len(sh.dirty))
 	for sid, e := range sh.dirty {
 		out = append(out, pending{entry: *e, shard: n})
-		e.connsDirty, e.handoff, e.activityAt = false, 0, time.Time{}
+		e.connsDirty, e.opened, e.handoff, e.activityAt = false, false, 0, time.Time{}
 		delete(sh.dirty, sid)
 		if e.conns == 0 {
 			delete(sh.sessions, sid) // nothing left to re-assert
@@ -111,6 +115,7 @@ func (l *ledger) putBack(p pending) {
 	if p.connsDirty {
 		e.connsDirty = true // e.conns is the newest count
 	}
+	e.opened = e.opened || p.opened
 	if !p.activityAt.IsZero() && e.activityAt.IsZero() {
 		e.activityAt = p.activityAt
 	}

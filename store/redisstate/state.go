@@ -186,6 +186,7 @@ type Event struct {
 	Mode        Mode
 	HandedOver  bool   // the default hand-over state of a new session (HANDOFF_DETECT=always)
 	Muted       bool   // presence is off for the bot: absences are decided, nothing is notified
+	Opened      bool   // Conns: a connection opened since the last count, even if the count did not grow
 	ReturnText  string // the bot's return message, queued if the session returns
 	TraceParent string
 }
@@ -199,7 +200,7 @@ func (s *State) Conns(ctx context.Context, sid, replica string, count int, e Eve
 	p, key := s.sessionKey(sid)
 	v, err := s.exec(ctx, connsScript, []string{key},
 		[]string{p, sid, replica, strconv.Itoa(count), e.Bot, e.Mode.name(), ms(e.Mode.Interval), flag(e.HandedOver),
-			e.ReturnText, e.TraceParent, ms(s.o.ForgetAfter), flag(e.Muted)}).AsIntSlice()
+			e.ReturnText, e.TraceParent, ms(s.o.ForgetAfter), flag(e.Muted), flag(e.Opened)}).AsIntSlice()
 	if err != nil {
 		return Sign{}, 0, err
 	}

@@ -536,3 +536,32 @@ func TestActivityModeSilentClientIsInactive(t *testing.T) {
 		}
 	})
 }
+
+// A connection that opened and closed before its replica stated it arrives
+// as an unchanged count with Opened: still a return for an absent session
+// (its return message queued), and its interval starts again from now.
+func TestOpenedAndClosedBeforeStatedIsPresence(t *testing.T) {
+	deployments(t, func(t *testing.T, s *State) {
+		ctx := context.Background()
+		rc := replicaCounts{}
+		ev := Event{Bot: "b", Mode: connMode, HandedOver: true, ReturnText: "voltou"}
+		rc.open(t, s, "brief", "A", ev)
+		rc.closeConn(t, s, "brief", "A", ev)
+		if d := settle(t, s); len(d) != 1 || !d[0].Queued {
+			t.Fatalf("decisions: %+v", d)
+		}
+		blip := ev
+		blip.Opened = true
+		sg, n, err := s.Conns(ctx, "brief", "B", 0, blip)
+		if err != nil || !sg.Returned || !sg.Queued || n != 0 {
+			t.Fatalf("the blip: %+v %d %v, want a return with its message queued", sg, n, err)
+		}
+		st := must[SessionState](t)(func() (SessionState, error) { v, _, err := s.Session(ctx, "brief"); return v, err }())
+		if st.Absent || st.Deadline.IsZero() {
+			t.Fatalf("after the blip: %+v, want present with a deadline", st)
+		}
+		if d := settle(t, s); len(d) != 1 || d[0].Episode != 2 {
+			t.Fatalf("a second absence: %+v, want episode 2", d)
+		}
+	})
+}

@@ -4,11 +4,14 @@
 -- away or came back empty, can never count a connection twice.
 -- KEYS[1] session hash. ARGV: prefix, sid, replica, count, bot, mode,
 -- interval ms, handed over by default (1/0), return text, traceparent,
--- forget after ms, muted (1/0).
+-- forget after ms, muted (1/0), opened (1/0: a connection opened since the
+-- last count, even if the count did not grow: it opened and closed before
+-- the replica stated it, which is still presence).
 -- The traceparent is kept only for a session handed over (keep_trace).
 -- Returns {returned (1/0), episode, notification queued (1/0), connections
 -- on all replicas}.
 local p, sid, rid, count, bot, mode, iv = ARGV[1], ARGV[2], ARGV[3], num(ARGV[4]), ARGV[5], ARGV[6], num(ARGV[7])
+local opened = ARGV[13] == '1'
 local h = KEYS[1]
 local now = now_ms()
 local created, orphan = false, false
@@ -16,7 +19,7 @@ if redis.call('EXISTS', h) == 0 then
   -- A close of a session Redis does not have (it came back empty, or lost
   -- the open in a failover) matters only for a session known to be handed
   -- over: its leaving must still be reported, one interval from now.
-  if count == 0 and ARGV[8] ~= '1' then return {0, 0, 0, 0} end
+  if count == 0 and ARGV[8] ~= '1' and not opened then return {0, 0, 0, 0} end
   create(h, now, ARGV[8])
   created, orphan = true, count == 0
 end
@@ -35,7 +38,7 @@ if n < 0 then
   redis.call('HSET', h, 'n', 0)
 end
 local r = {0, num(redis.call('HGET', h, 'ep')), 0}
-if count > prev then
+if count > prev or opened then
   -- A connection opened: in connection mode that is presence (and maybe a
   -- return); in activity mode an open is not activity.
   redis.call('PERSIST', h)
@@ -49,7 +52,9 @@ if count > prev then
     redis.call('HSET', h, 'dl', now + iv)
     redis.call('ZADD', p .. 'due', now + iv, sid)
   end
-elseif n == 0 and (prev > 0 or orphan) then
+end
+if n == 0 and (prev > 0 or orphan or opened) then
+  -- The last connection is gone (possibly the one that just opened).
   disconnected(p, h, sid, now, num(ARGV[11]))
 end
 table.insert(r, n)
