@@ -28,7 +28,7 @@ func main() {
 	flag.IntVar(&cfg.Rate, "rate", 10000, "connection events/s of the paced phase")
 	flag.IntVar(&cfg.Reps, "r", 3, "runs, each on a fresh redis-server; the table shows medians")
 	flag.StringVar(&cfg.Prefix, "prefix", "presence-sidecar:", "key prefix (REDIS_KEY_PREFIX)")
-	flag.StringVar(&cfg.Replica, "replica", "presence-sidecar-5f7d8c9b6-kx2lp", "replica id")
+	flag.StringVar(&cfg.Replica, "replica", "5f7d8c9b", "replica id (the sidecar makes 8 hex digits)")
 	flag.StringVar(&cfg.Bot, "bot", "bot-1", "bot id")
 	flag.DurationVar(&cfg.Interval, "interval", 5*time.Minute, "check interval of the bot")
 	flag.StringVar(&cfg.RedisBin, "redis", "", "redis-server binary (default: on PATH, else /usr/bin)")

@@ -50,7 +50,7 @@ func (c *Config) defaults() {
 	}
 	if c.Replica == "" {
 		// A Kubernetes pod name, what a replica's id usually is.
-		c.Replica = "presence-sidecar-5f7d8c9b6-kx2lp"
+		c.Replica = "5f7d8c9b"
 	}
 	if c.Bot == "" {
 		c.Bot = "bot-1"
