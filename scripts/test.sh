@@ -39,6 +39,10 @@ go vet ./...
 go test -race -count=1 -timeout 14m "$@" ./...
 # The soak's short run (about 40 s; README, Tests): prints its figures, fails on growth or a wrong count.
 go run ./cmd/soak
+# Cluster mode's load test, short run (about 45 s; README, Tests): three replicas on one Redis,
+# sessions churning, one replica killed and restarted; fails on any missing, duplicate or early
+# notification.
+go run ./cmd/clusterload
 # The benchmark harness (its own module) at a tiny size, so it cannot rot.
 (cd bench && PATH="$PATH:/usr/sbin" WSBENCH_REQUIRE_NGINX=1 go test -count=1 ./...)
 # Memory and allocation figures are distorted by the race detector, so the

@@ -205,7 +205,7 @@ func (c *Config) throughput(ctx context.Context, srv *server, st *redisstate.Sta
 }
 
 // decisions measures the sweeper (Fire over the 64 shards, as the engine
-// runs it: one shard after another, limit 500) on n sessions all due at
+// runs it: one shard after another; limit 500, and redisstate.FireBatch as the engine does) on n sessions all due at
 // once, then the deliverer's Claim and Ack of the /expire notifications it
 // queued, then a dead replica's reap.
 func (c *Config) decisions(ctx context.Context, srv *server, st *redisstate.State, ss []session, f Figures) error {
@@ -215,7 +215,7 @@ func (c *Config) decisions(ctx context.Context, srv *server, st *redisstate.Stat
 		name   string
 		limit  int
 		handed bool // each decision also queues its /expire
-	}{{"fire", 500, false}, {"fireq", 500, true}, {"fireq64", 64, true}} {
+	}{{"fire", 500, false}, {"fireq", 500, true}, {"fireqb", redisstate.FireBatch, true}} {
 		if err := srv.do(ctx, "FLUSHALL", "SYNC").Error(); err != nil {
 			return err
 		}

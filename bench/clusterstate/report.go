@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/presence-sidecar/presence-sidecar/store/redisstate"
 )
 
 // stat of one figure over the runs.
@@ -155,7 +157,7 @@ func (r *Report) Markdown() string {
 	p("| … Redis CPU meanwhile (cores) | %s | | |", r.cell("events.srv.cpu", coresf))
 	p("| decisions/s: Fire over 64 shards, limit 500, one sweeper; not handed over | %s | ≥ 5,000/s | %s |", r.cell("fire.rate", ratef), verdict(r.med("fire.rate") >= 5000))
 	p("| decisions/s, handed over (each queues its /expire) | %s | ≥ 5,000/s | %s |", r.cell("fireq.rate", ratef), verdict(r.med("fireq.rate") >= 5000))
-	p("| decisions/s, handed over, limit 64 | %s | ≥ 5,000/s | %s |", r.cell("fireq64.rate", ratef), verdict(r.med("fireq64.rate") >= 5000))
+	p("| decisions/s, handed over, limit %d (redisstate.FireBatch, the engine's) | %s | ≥ 5,000/s | %s |", redisstate.FireBatch, r.cell("fireqb.rate", ratef), verdict(r.med("fireqb.rate") >= 5000))
 	p("| … Redis CPU meanwhile (cores) | %s | | |", r.cell("fireq.srv.cpu", coresf))
 	p("| notifications delivered/s (Claim ≤ 16 = handoff.DefaultConcurrency, Ack each from 16 goroutines, repeat; webhook itself free) | %s | | |", r.cell("deliver.rate", ratef))
 	p("| sessions reaped/s (Reap of a dead replica, 64 shards) | %s | | |", r.cell("reap.rate", ratef))
@@ -198,14 +200,14 @@ func (r *Report) Markdown() string {
 	batch := func(name string) string { return fmt.Sprintf("%.0f", r.med(name+".batch")) }
 	row("Fire, limit 500: ≈"+batch("fire")+" decisions a call", "sweep", "fire", "fire.call", "")
 	row("Fire, limit 500, handed over (queues /expire): ≈"+batch("fireq")+" a call", "sweep", "fireq", "fireq.call", "")
-	row("Fire, limit 64, handed over: ≈"+batch("fireq64")+" a call", "sweep", "fireq64", "fireq64.call", "")
+	row(fmt.Sprintf("Fire, limit %d (the engine's), handed over: ≈", redisstate.FireBatch)+batch("fireqb")+" a call", "sweep", "fireqb", "fireqb.call", "")
 	row("Fire, nothing due", "1 goroutine", "fire0", "fire0.fire", r.cell("fire0.rate", ratef))
 	row("Claim, 16 leases a call (Redis: Claim and Ack together)", "1 deliverer", "deliver", "deliver.claim", "")
 	row("Ack (delivered) (Redis: Claim and Ack together)", "16 at once", "deliver", "deliver.ack", "")
 	row(fmt.Sprintf("Reap, ≈%d sessions a call", d.PerShard), "64 shards in turn", "reap", "reap.call", "")
 	p("")
-	p("Redis's own time per decision (usec_per_call × calls ÷ decisions): %s not handed over, %s handed over (limit 500), %s (limit 64). A Fire call blocks Redis for about limit × that; the engine's sweep tick is 250 ms, so at 5,000 decisions/s a call has ≈20 due.",
-		r.cell("fire.srv.perdec", fmtUsec), r.cell("fireq.srv.perdec", fmtUsec), r.cell("fireq64.srv.perdec", fmtUsec))
+	p("Redis's own time per decision (usec_per_call × calls ÷ decisions): %s not handed over, %s handed over (limit 500), %s (limit redisstate.FireBatch, as the engine sweeps). A Fire call blocks Redis for about limit × that; the engine's sweep tick is 250 ms, so at 5,000 decisions/s a call has ≈20 due.",
+		r.cell("fire.srv.perdec", fmtUsec), r.cell("fireq.srv.perdec", fmtUsec), r.cell("fireqb.srv.perdec", fmtUsec))
 	p("Reap blocks Redis for a whole shard of the dead replica's sessions in one call (≈%d here).", d.PerShard)
 	return b.String()
 }

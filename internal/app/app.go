@@ -351,6 +351,21 @@ func (a *App) Serve(ctx context.Context, started func(proxyAddr, adminAddr strin
 	proxySrv.Close()
 	stopBG() // the engine flushes its state, the deliverer finishes attempts in flight
 	wg.Wait()
+	// What the loops reported as they stopped (a final flush that failed)
+	// is logged, not lost in the channel.
+	for drained := false; !drained; {
+		select {
+		case err := <-errs:
+			if err != nil {
+				a.log.Error("stopping", zap.Error(err))
+				if failure == nil {
+					failure = err
+				}
+			}
+		default:
+			drained = true
+		}
+	}
 	if err := a.close(); err != nil && failure == nil {
 		failure = err
 	}

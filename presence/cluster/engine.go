@@ -653,10 +653,9 @@ func (e *Engine) reapRound(parent context.Context) {
 	}
 }
 
-// fireBatch bounds one Fire run: a script holds Redis while it runs, and 32
-// decisions take about 0.5 ms of its time (bench/clusterstate), so other
-// clients' calls stay under a millisecond even in a burst.
-const fireBatch = 32
+// fireBatch: how many decisions one sweep's Fire run takes at most
+// (redisstate.FireBatch).
+const fireBatch = redisstate.FireBatch
 
 func (e *Engine) sweepLoop(ctx context.Context) {
 	tick := time.NewTicker(e.o.Sweep)

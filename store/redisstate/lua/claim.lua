@@ -15,10 +15,17 @@
 local p, owner, leasems, limit = ARGV[1], ARGV[2], num(ARGV[3]), num(ARGV[4])
 local now = now_ms()
 local held = p .. 'held'
--- Heads leased by other deliverers stay in the ready set until acked, so
--- the window looks past them (four times the limit, a bounded cost) and the
--- limit counts only what this call leases.
-local ready = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit * 4)
+-- Leased heads stay in the ready set until acked, with the score they had
+-- (the oldest due, so they come first), and the limit counts only what this
+-- call leases: the window looks past every one of them. Each is in the held
+-- hash, so limit plus its size is enough to find limit free heads if the
+-- shard has them; a fixed window (it was four times the limit) was filled by
+-- the caller's own leases when it asked for one or two heads, the shard
+-- looked empty though it was not, and a burst drained one shard per round.
+-- The cost stays bounded: held counts at most the attempts running against
+-- the shard, each bounded by a deliverer's Concurrency, and lapsed ones.
+local window = limit + redis.call('HLEN', held)
+local ready = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, window)
 local out = {}
 local leased = 0
 for _, sid in ipairs(ready) do
