@@ -154,6 +154,17 @@ func (c *ClusterDeliverer) Run(ctx context.Context) error {
 		}
 	}
 
+	// more marks the shards that may hold more due heads: their last claim
+	// filled every slot it asked for, or a sweep passed them by because
+	// every slot was taken. A slot that frees up claims from them at once
+	// instead of waiting for the next round. A shard whose claim came back
+	// short had none left then (claim.lua's window looks past every leased
+	// head), and is asked again only when one of its attempts here finishes
+	// (the session's next head is due), at a round, or on Wake: so a burst
+	// is drained at the rate attempts finish, not one shard per round.
+	var more [redisstate.Shards]bool
+	full := func() bool { return len(inflight) >= d.o.Concurrency }
+
 	// claim leases due heads of shard for the free slots and starts their
 	// attempts; false when Redis failed.
 	claim := func(shard int) bool {
@@ -162,6 +173,7 @@ func (c *ClusterDeliverer) Run(ctx context.Context) error {
 			return true
 		}
 		leases, err := c.st.Claim(ctx, shard, c.owner, c.lease, free)
+		more[shard] = err == nil && len(leases) >= free
 		for _, l := range leases {
 			sid := l.Note.SessionID
 			if _, busy := inflight[sid]; busy {
@@ -181,19 +193,50 @@ func (c *ClusterDeliverer) Run(ctx context.Context) error {
 		}
 		return true
 	}
+	// backlog claims from the shards known to hold more due heads while
+	// slots are free, round-robin from where the last pass stopped: each
+	// shard's oldest heads go first, so a burst across shards drains about
+	// oldest first overall rather than one shard after another. false when
+	// Redis failed.
+	next := 0
+	backlog := func() bool {
+		for i := range redisstate.Shards {
+			n := (next + i) % redisstate.Shards
+			if full() {
+				return true
+			}
+			if more[n] {
+				next = (n + 1) % redisstate.Shards
+				if !claim(n) {
+					return false
+				}
+			}
+		}
+		return true
+	}
 	rounds := 0
 	sweep := func(all bool) {
 		if ctx.Err() != nil || time.Now().Before(retryAt) {
 			return
 		}
+		ok := true
 		for i := range redisstate.Shards {
 			n := (first + i) % redisstate.Shards
 			if !all && c.owns != nil && !c.owns(n) {
 				continue
 			}
-			if len(inflight) >= d.o.Concurrency || !claim(n) {
+			if full() {
+				// Not asked, for want of a slot: a slot that frees up asks it
+				// before the next round does.
+				more[n] = true
+				continue
+			}
+			if ok = claim(n); !ok {
 				break
 			}
+		}
+		if ok {
+			backlog() // shards not asked this round (not ours) found with more at an earlier one
 		}
 		first = (first + 1) % redisstate.Shards
 		if time.Now().After(retryAt) {
@@ -211,24 +254,36 @@ func (c *ClusterDeliverer) Run(ctx context.Context) error {
 			return nil
 		case r := <-done:
 			// A delivered head makes the session's next one due at once: look
-			// at the shards that just finished before the next sweep.
-			shards := map[int]struct{}{r.shard: {}}
+			// at the shards that just finished, then at those known to hold
+			// more, before the next sweep.
+			var shards [redisstate.Shards]bool
+			shards[r.shard] = true
 			finished(r)
 			for drained := false; !drained; {
 				select {
 				case r := <-done:
 					finished(r)
-					shards[r.shard] = struct{}{}
+					shards[r.shard] = true
 				default:
 					drained = true
 				}
 			}
-			if ctx.Err() == nil && !time.Now().Before(retryAt) {
-				for shard := range shards {
-					if !claim(shard) {
+			if ctx.Err() != nil || time.Now().Before(retryAt) {
+				continue
+			}
+			ok := true
+			for shard, fin := range shards {
+				if full() {
+					break
+				}
+				if fin {
+					if ok = claim(shard); !ok {
 						break
 					}
 				}
+			}
+			if ok {
+				backlog()
 			}
 		case <-c.wake:
 			sweep(true) // this replica queued something: wherever it is, now

@@ -427,6 +427,42 @@ func TestClaimLooksPastHeldHeads(t *testing.T) {
 	}
 }
 
+// A claim for a few heads looks past every head already leased, however
+// many: a deliverer with most of a shard's due heads in flight asks for one
+// when one attempt finishes, and must get one while any is free (a window
+// of four times the limit was filled by its own leases, and the shard
+// looked drained).
+func TestClaimLooksPastEveryHeldHead(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newState(t, []string{srv.Addr})
+	ctx := context.Background()
+	var sids []string
+	for i := 0; len(sids) < 20; i++ {
+		if sid := fmt.Sprintf("crowded-%d", i); ShardOf(sid) == 0 {
+			sids = append(sids, sid)
+		}
+	}
+	absences(t, s, sids...)
+	held := must[[]Lease](t)(s.Claim(ctx, 0, "X", time.Minute, 16))
+	if len(held) != 16 {
+		t.Fatalf("X leased %d, want 16", len(held))
+	}
+	seen := map[string]bool{}
+	for _, l := range held {
+		seen[l.Note.SessionID] = true
+	}
+	for _, owner := range []string{"X", "Y", "X", "Y"} {
+		l := must[[]Lease](t)(s.Claim(ctx, 0, owner, time.Minute, 1))
+		if len(l) != 1 || seen[l[0].Note.SessionID] {
+			t.Fatalf("%s's claim of one with %d of 20 heads leased: %+v, want one not leased yet", owner, len(seen), l)
+		}
+		seen[l[0].Note.SessionID] = true
+	}
+	if l := must[[]Lease](t)(s.Claim(ctx, 0, "Y", time.Minute, 1)); len(l) != 0 {
+		t.Fatalf("a claim with every head leased: %+v", l)
+	}
+}
+
 // A hand-over that starts while the client is already absent queues that
 // episode's /expire at once; one that ends after it closes the episode, so
 // a new hand-over in the same absence is a new episode with its own /expire
