@@ -15,9 +15,6 @@ import (
 // command working, and checks the listpack model against MEMORY USAGE, on
 // which the field-by-field table relies.
 func TestRunSmall(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a redis-server and runs every phase (~10 s)")
-	}
 	rep, err := Run(context.Background(), Config{Sessions: 640, Duration: 300 * time.Millisecond, Reps: 1, Conc: 16, Rate: 2000})
 	if err != nil {
 		t.Fatal(err)
