@@ -8,28 +8,14 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/presence-sidecar/presence-sidecar/bench/runstat"
 )
 
 // goalP99 is the goal's bound on the connect latency added at p99.
 const goalP99 = 1.0 // ms
 
-func (r *Report) stat(name string) (med, lo, hi float64, ok bool) {
-	var v []float64
-	for _, f := range r.Runs {
-		if x, has := f[name]; has {
-			v = append(v, x)
-		}
-	}
-	if len(v) == 0 {
-		return 0, 0, 0, false
-	}
-	slices.Sort(v)
-	med = v[len(v)/2]
-	if len(v)%2 == 0 {
-		med = (v[len(v)/2-1] + v[len(v)/2]) / 2
-	}
-	return med, v[0], v[len(v)-1], true
-}
+func (r *Report) stat(name string) (med, lo, hi float64, ok bool) { return runstat.Of(r.Runs, name) }
 
 func (r *Report) med(name string) float64 { m, _, _, _ := r.stat(name); return m }
 
@@ -39,14 +25,7 @@ func (r *Report) worst(name string) float64 { _, _, hi, _ := r.stat(name); retur
 // cell is the median, with the range over the runs when they differ.
 func (r *Report) cell(name string, format func(float64) string) string {
 	m, lo, hi, ok := r.stat(name)
-	if !ok {
-		return "—"
-	}
-	s := format(m)
-	if len(r.Runs) > 1 && format(lo) != format(hi) {
-		s += " (" + format(lo) + "–" + format(hi) + ")"
-	}
-	return s
+	return runstat.Cell(m, lo, hi, ok, len(r.Runs), format, "–")
 }
 
 // delta is the median over the runs of (figure in phase − figure at the
@@ -60,27 +39,12 @@ func (r *Report) delta(fig, phase string) (med, lo, hi float64, ok bool) {
 			v = append(v, a-b)
 		}
 	}
-	if len(v) == 0 {
-		return 0, 0, 0, false
-	}
-	slices.Sort(v)
-	med = v[len(v)/2]
-	if len(v)%2 == 0 {
-		med = (v[len(v)/2-1] + v[len(v)/2]) / 2
-	}
-	return med, v[0], v[len(v)-1], true
+	return runstat.Spread(v)
 }
 
 func (r *Report) deltaCell(fig, phase string) string {
 	m, lo, hi, ok := r.delta(fig, phase)
-	if !ok {
-		return "—"
-	}
-	s := signedMS(m)
-	if len(r.Runs) > 1 && signedMS(lo) != signedMS(hi) {
-		s += " (" + signedMS(lo) + " – " + signedMS(hi) + ")"
-	}
-	return s
+	return runstat.Cell(m, lo, hi, ok, len(r.Runs), signedMS, " – ")
 }
 
 func msf(v float64) string { return fmt.Sprintf("%.2f ms", v) }

@@ -9,27 +9,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/presence-sidecar/presence-sidecar/bench/runstat"
+
 	"github.com/presence-sidecar/presence-sidecar/store/redisstate"
 )
 
 // stat of one figure over the runs.
-func (r *Report) stat(name string) (med, lo, hi float64, ok bool) {
-	var v []float64
-	for _, f := range r.Runs {
-		if x, has := f[name]; has {
-			v = append(v, x)
-		}
-	}
-	if len(v) == 0 {
-		return 0, 0, 0, false
-	}
-	slices.Sort(v)
-	med = v[len(v)/2]
-	if len(v)%2 == 0 {
-		med = (v[len(v)/2-1] + v[len(v)/2]) / 2
-	}
-	return med, v[0], v[len(v)-1], true
-}
+func (r *Report) stat(name string) (med, lo, hi float64, ok bool) { return runstat.Of(r.Runs, name) }
 
 func (r *Report) med(name string) float64 { m, _, _, _ := r.stat(name); return m }
 
@@ -37,14 +23,7 @@ func (r *Report) med(name string) float64 { m, _, _, _ := r.stat(name); return m
 // more than the printed precision.
 func (r *Report) cell(name string, format func(float64) string) string {
 	m, lo, hi, ok := r.stat(name)
-	if !ok {
-		return "—"
-	}
-	s := format(m)
-	if len(r.Runs) > 1 && format(lo) != format(hi) {
-		s += " (" + format(lo) + "–" + format(hi) + ")"
-	}
-	return s
+	return runstat.Cell(m, lo, hi, ok, len(r.Runs), format, "–")
 }
 
 func bytesf(v float64) string { return fmt.Sprintf("%.0f B", v) }

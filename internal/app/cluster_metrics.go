@@ -69,17 +69,8 @@ func (x *metrics) decisionLag(d time.Duration) {
 // observeCluster registers cluster mode's observable instruments.
 func (x *metrics) observeCluster(m metric.MeterProvider, e *cluster.Engine, d *handoff.ClusterDeliverer) error {
 	meter := m.Meter(meterName)
-	var errs []error
-	gauge := func(name, unit, desc string) metric.Int64ObservableGauge {
-		g, err := meter.Int64ObservableGauge(name, metric.WithUnit(unit), metric.WithDescription(desc))
-		errs = append(errs, err)
-		return g
-	}
-	counter := func(name, unit, desc string) metric.Int64ObservableCounter {
-		c, err := meter.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
-		errs = append(errs, err)
-		return c
-	}
+	b := &builder{meter: meter}
+	gauge, counter := b.gauge, b.counter
 	// No unit: with "1" the Prometheus exporter would name it redis_up_ratio.
 	up := gauge(mRedisUp, "", "1 while this replica's last call to Redis succeeded, else 0 (presence decisions pause).")
 	renewals := counter(mLeaseRenewals, "{renewal}", "Renewals of this replica's lease in Redis, by outcome (ok, failed).")
@@ -112,6 +103,6 @@ func (x *metrics) observeCluster(m metric.MeterProvider, e *cluster.Engine, d *h
 		}
 		return nil
 	}, up, renewals, takeovers, reasserts, dirty, sessions, conns, oldest, lost)
-	errs = append(errs, err)
-	return errors.Join(errs...)
+	b.errs = append(b.errs, err)
+	return errors.Join(b.errs...)
 }

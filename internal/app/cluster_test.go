@@ -1,10 +1,8 @@
 package app
 
 import (
-	"fmt"
 	"io"
 	"net/http"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -51,23 +49,7 @@ func TestClusterModeMetricsAndReadiness(t *testing.T) {
 		`presence_sidecar_takeovers_total{kind="notification"}`:                           "0",
 		`presence_sidecar_lease_renewals_total{outcome="failed"}`:                         "0",
 	}
-	var got map[string]string
-	for deadline := time.Now().Add(waitTime); ; time.Sleep(20 * time.Millisecond) {
-		got = s.scrape()
-		var diff []string
-		for k, v := range want {
-			if got[k] != v {
-				diff = append(diff, fmt.Sprintf("%s = %q, want %s", k, got[k], v))
-			}
-		}
-		if len(diff) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			sort.Strings(diff)
-			t.Fatalf("/metrics:\n%s", strings.Join(diff, "\n"))
-		}
-	}
+	got := s.waitMetrics(want)
 	if n, _ := strconv.Atoi(got[`presence_sidecar_lease_renewals_total{outcome="ok"}`]); n < 1 {
 		t.Errorf("lease renewals: %q", got[`presence_sidecar_lease_renewals_total{outcome="ok"}`])
 	}

@@ -6,9 +6,11 @@ package app
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -238,4 +240,28 @@ func (s *stack) scrape() map[string]string {
 		}
 	}
 	return out
+}
+
+// waitMetrics scrapes /metrics until every series in want has its value
+// (the counters settle once the relays and the deliverer are done), and
+// returns the last scrape; it fails the test with the differences if they
+// do not within waitTime.
+func (s *stack) waitMetrics(want map[string]string) map[string]string {
+	s.t.Helper()
+	for deadline := time.Now().Add(waitTime); ; time.Sleep(20 * time.Millisecond) {
+		got := s.scrape()
+		var diff []string
+		for k, v := range want {
+			if got[k] != v {
+				diff = append(diff, fmt.Sprintf("%s = %q, want %s", k, got[k], v))
+			}
+		}
+		if len(diff) == 0 {
+			return got
+		}
+		if time.Now().After(deadline) {
+			sort.Strings(diff)
+			s.t.Fatalf("/metrics:\n%s", strings.Join(diff, "\n"))
+		}
+	}
 }

@@ -90,21 +90,30 @@ func attrs(k, v string) metric.MeasurementOption {
 	return metric.WithAttributeSet(attribute.NewSet(attribute.String(k, v)))
 }
 
+// builder makes observable instruments, collecting their errors.
+type builder struct {
+	meter metric.Meter
+	errs  []error
+}
+
+func (b *builder) gauge(name, unit, desc string) metric.Int64ObservableGauge {
+	g, err := b.meter.Int64ObservableGauge(name, metric.WithUnit(unit), metric.WithDescription(desc))
+	b.errs = append(b.errs, err)
+	return g
+}
+
+func (b *builder) counter(name, unit, desc string) metric.Int64ObservableCounter {
+	c, err := b.meter.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
+	b.errs = append(b.errs, err)
+	return c
+}
+
 // observe registers the observable instruments over the proxy and, when
 // presence is on, the engine and the deliverer.
 func (x *metrics) observe(m metric.MeterProvider, p *proxy.Proxy, stats func() presence.Stats, depth func() (int64, error)) error {
 	meter := m.Meter(meterName)
-	var errs []error
-	gauge := func(name, unit, desc string) metric.Int64ObservableGauge {
-		g, err := meter.Int64ObservableGauge(name, metric.WithUnit(unit), metric.WithDescription(desc))
-		errs = append(errs, err)
-		return g
-	}
-	counter := func(name, unit, desc string) metric.Int64ObservableCounter {
-		c, err := meter.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
-		errs = append(errs, err)
-		return c
-	}
+	b := &builder{meter: meter}
+	gauge, counter := b.gauge, b.counter
 
 	open := gauge(mOpenConnections, "{connection}", "Open proxied WebSocket connections.")
 	httpReqs := counter(mHTTPRequests, "{request}", "Plain HTTP requests proxied.")
@@ -135,9 +144,9 @@ func (x *metrics) observe(m metric.MeterProvider, p *proxy.Proxy, stats func() p
 		o.ObserveInt64(inspStopped, s.InspectionStopped[event.FromServer].Load(), dirServer)
 		return nil
 	}, open, httpReqs, upgrades, rejected, upErrs, clientErrs, probes, untracked, frames, bytes, inspStopped)
-	errs = append(errs, err)
+	b.errs = append(b.errs, err)
 	if stats == nil {
-		return errors.Join(errs...)
+		return errors.Join(b.errs...)
 	}
 
 	sessions := gauge(mSessions, "{session}", "Tracked sessions by presence state (present, absent). In cluster mode: the sessions with connections on this replica, as present; the cluster's are listed by /v1/sessions.")
@@ -172,6 +181,6 @@ func (x *metrics) observe(m metric.MeterProvider, p *proxy.Proxy, stats func() p
 		}
 		return nil
 	}, sessions, handed, untrackedConns, transitions, queued, storeErrs, idsRefused, shed, refused, outboxDepth)
-	errs = append(errs, err)
-	return errors.Join(errs...)
+	b.errs = append(b.errs, err)
+	return errors.Join(b.errs...)
 }

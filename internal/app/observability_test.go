@@ -3,10 +3,8 @@ package app
 import (
 	"fmt"
 	"net/http"
-	"sort"
 	"strings"
 	"testing"
-	"time"
 
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -134,23 +132,7 @@ func TestMetricsAfterScenario(t *testing.T) {
 		`presence_sidecar_rejected_total`:                                                                       "0",
 	}
 	// The counters settle once the relays and the deliverer are done.
-	var got map[string]string
-	for deadline := time.Now().Add(waitTime); ; time.Sleep(20 * time.Millisecond) {
-		got = s.scrape()
-		var diff []string
-		for k, v := range want {
-			if got[k] != v {
-				diff = append(diff, fmt.Sprintf("%s = %q, want %s", k, got[k], v))
-			}
-		}
-		if len(diff) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			sort.Strings(diff)
-			t.Fatalf("/metrics:\n%s", strings.Join(diff, "\n"))
-		}
-	}
+	got := s.waitMetrics(want)
 	found := false
 	for k := range got {
 		found = found || strings.HasPrefix(k, "target_info{") && strings.Contains(k, `service_name="presence-sidecar"`)

@@ -32,7 +32,13 @@ func (s *State) lists(ctx context.Context, call, name string) ([]Note, error) {
 	rs := s.doMulti(ctx, call, s.perShard(func(k string) rueidis.Completed {
 		return s.c.B().Lrange().Key(k).Start(0).Stop(-1).Build()
 	}, name))
-	var out []Note
+	return decodeNotes(rs, "a "+name+" entry")
+}
+
+// decodeNotes decodes the notifications of list replies, in order; what
+// names them in an error.
+func decodeNotes(rs []rueidis.RedisResult, what string) ([]Note, error) {
+	out := []Note{}
 	for _, r := range rs {
 		v, err := r.AsStrSlice()
 		if err != nil {
@@ -41,7 +47,7 @@ func (s *State) lists(ctx context.Context, call, name string) ([]Note, error) {
 		for _, e := range v {
 			var n Note
 			if err := json.Unmarshal([]byte(e), &n); err != nil {
-				return nil, fmt.Errorf("redisstate: a %s entry does not decode: %w", name, err)
+				return nil, fmt.Errorf("redisstate: %s does not decode: %w", what, err)
 			}
 			out = append(out, n)
 		}

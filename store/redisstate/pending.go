@@ -3,7 +3,6 @@ package redisstate
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 
@@ -42,19 +41,9 @@ func (s *State) Pending(ctx context.Context, limit int) ([]Note, error) {
 	for i, h := range heads {
 		cmds[i] = s.c.B().Lrange().Key(s.shardPrefix(h.shard) + "q:" + h.sid).Start(0).Stop(int64(limit - 1)).Build()
 	}
-	out := []Note{}
-	for _, r := range s.doMulti(ctx, "pending", cmds) {
-		v, err := r.AsStrSlice()
-		if err != nil {
-			return nil, err
-		}
-		for _, e := range v {
-			var n Note
-			if err := json.Unmarshal([]byte(e), &n); err != nil {
-				return nil, fmt.Errorf("redisstate: a queued notification does not decode: %w", err)
-			}
-			out = append(out, n)
-		}
+	out, err := decodeNotes(s.doMulti(ctx, "pending", cmds), "a queued notification")
+	if err != nil {
+		return nil, err
 	}
 	return out[:min(len(out), limit)], nil
 }
