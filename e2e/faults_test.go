@@ -314,7 +314,8 @@ func readyz(t *testing.T, sc *sidecar) (int, string) {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, strings.TrimSpace(string(b))
+	verdict, _, _ := strings.Cut(string(b), "\n") // then one line per check
+	return resp.StatusCode, verdict
 }
 
 // sessionView is the part of GET /v1/sessions/{id} these tests read.

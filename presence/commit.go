@@ -8,6 +8,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/presence-sidecar/presence-sidecar/store"
+	"github.com/presence-sidecar/presence-sidecar/timeline"
 )
 
 // Writing to the store (docs/ARCHITECTURE.md, "Durability"): a decision
@@ -66,6 +67,8 @@ func (e *Engine) commitLocked(sh *shard, chs []change, now int64) bool {
 			chs[i].s.dirty = false // a stale entry in sh.dirty is skipped by Flush
 		}
 		for _, n := range notes {
+			e.timeline.Add(n.SessionID, timeline.Event{Kind: timeline.Queued, Notification: string(n.Kind),
+				WebhookID: n.ID, Episode: n.Episode})
 			if n.Kind == store.KindOffline {
 				e.counts.offlineCommitted.Add(1)
 			} else {

@@ -43,6 +43,7 @@ import (
 	"github.com/presence-sidecar/presence-sidecar/presence/rules"
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
 	"github.com/presence-sidecar/presence-sidecar/store"
+	"github.com/presence-sidecar/presence-sidecar/timeline"
 )
 
 // Clock tells the time; tests use a fake one.
@@ -79,6 +80,9 @@ type Options struct {
 	// beyond it sheds the oldest sessions that are not handed over and have
 	// no connection; when none can be, it is not tracked (cap.go).
 	MaxSessions int
+	// Timeline, when set, gets each session's history (package timeline):
+	// connections, activity, transitions, notifications queued. nil: none.
+	Timeline *timeline.Recorder
 }
 
 const (
@@ -126,6 +130,7 @@ type Engine struct {
 	cap                sessionCap
 	storeErrorLoggedAt atomic.Int64 // Unix nanoseconds; see logStoreError
 	idRefusedLoggedAt  atomic.Int64 // Unix nanoseconds; see boundIDs
+	timeline           *timeline.Recorder
 }
 
 // matchRules are the rule sets messages are matched against. Read-only.
@@ -186,7 +191,7 @@ func New(o Options) (*Engine, error) {
 		store: o.Store, clock: o.Clock, log: o.Log, wakeHook: o.Wake, detect: o.Detect,
 		rules:  matchRules{handoffStart: o.HandoffStart, handoffEnd: o.HandoffEnd, ignore: o.Ignore},
 		timing: timing{forgetAfter: o.ForgetAfter, flushInterval: o.FlushInterval},
-		loop:   runLoop{kick: make(chan struct{}, 1)},
+		loop:   runLoop{kick: make(chan struct{}, 1)}, timeline: o.Timeline,
 	}
 	e.cap.max = int64(max(o.MaxSessions, 0))
 	if e.clock == nil {

@@ -3,6 +3,7 @@ package presence
 import (
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
 	"github.com/presence-sidecar/presence-sidecar/store"
+	"github.com/presence-sidecar/presence-sidecar/timeline"
 )
 
 // The event.Observer methods below sit on the proxy's data path: they take
@@ -55,6 +56,9 @@ func (e *Engine) ConnOpened(id event.ConnID, o event.Open) {
 	if who.SessionID != "" {
 		c.s, woke = e.attach(who.SessionID, who.BotID, tr)
 	}
+	if c.s != nil {
+		e.timeline.Add(c.s.id, timeline.Event{Kind: timeline.ConnOpened, Conn: uint64(id)})
+	}
 	if c.s == nil {
 		e.counts.untrackedConns.Add(1)
 		c.bot = e.bots.intern(who.BotID)
@@ -91,6 +95,7 @@ func (e *Engine) ConnIdentified(id event.ConnID, who event.Identity) {
 		if c.s, woke = e.attach(who.SessionID, bot, c.trace); c.s != nil {
 			c.bot, c.trace = "", nil
 			cs.byConn[id] = c
+			e.timeline.Add(c.s.id, timeline.Event{Kind: timeline.ConnOpened, Conn: uint64(id)})
 			e.counts.untrackedConns.Add(-1)
 		}
 	case c.s == nil:
@@ -122,6 +127,9 @@ func (e *Engine) Message(id event.ConnID, dir event.Direction, m event.Message) 
 	cs.mu.Unlock()
 	if s == nil {
 		return
+	}
+	if dir == event.FromClient {
+		e.timeline.Activity(s.id, false)
 	}
 	start, end := e.handoffMatch(dir, m.Prefix)
 	if dir != event.FromClient && !start && !end {
@@ -165,6 +173,10 @@ func (e *Engine) ConnClosed(id event.ConnID, reason event.CloseReason) {
 		e.counts.untrackedConns.Add(-1)
 		return
 	}
+	if reason == event.CloseProbeTimeout {
+		e.timeline.Add(c.s.id, timeline.Event{Kind: timeline.ProbeTimeout, Conn: uint64(id), Reason: string(reason)})
+	}
+	e.timeline.Add(c.s.id, timeline.Event{Kind: timeline.ConnClosed, Conn: uint64(id), Reason: string(reason)})
 	if reason == event.CloseShutdown {
 		// The sidecar, not the client, ended it: the session stays counted
 		// as connected, so the last flush stores it so and the next start
@@ -220,6 +232,7 @@ func (e *Engine) HTTPRequest(r event.Request) {
 		sh.mu.Unlock()
 		return // refused by the session cap, counted
 	}
+	e.timeline.Activity(s.id, true)
 	if s.conns == 0 {
 		// A session with an open socket keeps its connection's trace: the
 		// socket is what its presence (and so its absence) is about.

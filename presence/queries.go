@@ -1,10 +1,12 @@
 package presence
 
 import (
+	"context"
 	"slices"
 	"strings"
 
 	"github.com/presence-sidecar/presence-sidecar/store"
+	"github.com/presence-sidecar/presence-sidecar/timeline"
 )
 
 // View is one session as the admin API shows it. Session.Conns is the live
@@ -48,4 +50,10 @@ func (e *Engine) Session(id string) (View, bool) {
 		return View{}, false
 	}
 	return e.viewLocked(s), true
+}
+
+// Timeline is session id's recent history (package timeline); empty when
+// the engine keeps none.
+func (e *Engine) Timeline(ctx context.Context, id string) timeline.History {
+	return e.timeline.History(ctx, id)
 }

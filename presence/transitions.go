@@ -8,6 +8,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/presence-sidecar/presence-sidecar/store"
+	"github.com/presence-sidecar/presence-sidecar/timeline"
 )
 
 // The transitions of a session's state machine, and the notifications they
@@ -35,6 +36,7 @@ func (e *Engine) absentLocked(sh *shard, s *sess, set *Settings, now int64, c *c
 		c.urgent = true
 	}
 	e.counts.absent.Add(1)
+	e.timeline.Add(s.id, timeline.Event{Kind: timeline.Absent, Episode: uint64(s.episode), Reason: reasonText[s.reason]})
 	sh.markDirty(s)
 	e.logTransition("presence: client absent", s, reasonText[s.reason], tp)
 }
@@ -68,6 +70,7 @@ func (e *Engine) returnLocked(sh *shard, s *sess, set *Settings, now int64, c *c
 		c.urgent = true
 	}
 	reason := reasonText[s.reason]
+	e.timeline.Add(s.id, timeline.Event{Kind: timeline.Returned, Episode: uint64(s.episode)})
 	s.state = store.Present
 	s.expireSent = false
 	s.absentAt = 0
@@ -99,6 +102,7 @@ func (e *Engine) handoffLocked(sh *shard, s *sess, on bool, now int64, c *change
 			s.expireSent = true
 		}
 		sh.markDirty(s)
+		e.timeline.Add(s.id, timeline.Event{Kind: timeline.HandoffOn, Episode: uint64(s.episode)})
 		e.logTransition("presence: hand-over started", s, reasonText[s.reason], tp)
 		return
 	}
@@ -115,6 +119,7 @@ func (e *Engine) handoffLocked(sh *shard, s *sess, on bool, now int64, c *change
 		s.expireSent = false
 	}
 	e.counts.handoffOff.Add(1)
+	e.timeline.Add(s.id, timeline.Event{Kind: timeline.HandoffOff, Episode: uint64(s.episode)})
 	sh.markDirty(s)
 	tp := e.span(spanHandoffOff, s, now, e.bots.settings(s.bot))
 	e.logTransition("presence: hand-over ended", s, reasonText[s.reason], tp)

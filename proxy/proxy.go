@@ -44,6 +44,9 @@ type Options struct {
 	InspectBytes    int // prefix of each message / body that ids and rules see
 	SessionFrom     Sources
 	BotFrom         Sources
+	// Framing decodes a chat stack's messages for ids and rules (PRESET;
+	// framing.go). The zero value is plain JSON.
+	Framing Framing
 	// InspectClient / InspectServer: the observer looks at message content in
 	// that direction (rules); ids from frame: sources turn client inspection on
 	// by themselves.
@@ -94,6 +97,9 @@ type Stats struct {
 	// messages in that direction are no longer inspected (a message inflated
 	// past the bound, or could not be inflated, with context takeover).
 	InspectionStopped [2]atomic.Int64
+	// Unparsed, by event.Direction: messages Options.Framing could not
+	// decode; ignored (framing.go).
+	Unparsed [2]atomic.Int64
 }
 
 // New builds a Proxy.

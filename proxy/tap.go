@@ -80,11 +80,7 @@ func (s *clientTap) FrameEnd(h wsframe.Header, end int, payload []byte) {
 func (s *clientTap) Message(m wsframe.Message) {
 	c := s.c
 	c.inflateStopped(event.FromClient, m, &s.parser)
-	msg := toEvent(m)
-	if c.idTries < idFrames && m.Opcode == wsframe.OpText && msg.Prefix != nil {
-		c.identify(msg.Prefix)
-	}
-	c.p.obs.Message(c.id, event.FromClient, msg)
+	c.observe(event.FromClient, m) // framing.go
 }
 
 func (s *clientTap) ProtocolError(err error) {
@@ -115,7 +111,7 @@ func (s *upstreamTap) FrameEnd(h wsframe.Header, end int, _ []byte) {
 
 func (s *upstreamTap) Message(m wsframe.Message) {
 	s.c.inflateStopped(event.FromServer, m, &s.parser)
-	s.c.p.obs.Message(s.c.id, event.FromServer, toEvent(m))
+	s.c.observe(event.FromServer, m) // framing.go
 }
 
 func (s *upstreamTap) ProtocolError(err error) {

@@ -9,6 +9,7 @@ need=()
 /usr/bin/python3 -c 'import websockets' 2>/dev/null || need+=(python3-websockets)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light) # bench/ compares against it
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy) # and against HAProxy
 # e2e/faults_test.go: network namespaces and veth pairs (ip), mount
 # namespaces (unshare), a loop device (mount -o loop) holding ext4.
 command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need+=(iproute2)

@@ -291,3 +291,47 @@ func holdIdle(ctx context.Context, conns []*websocket.Conn, d time.Duration) err
 	}
 	return nil
 }
+
+// handshakeWorkers open and drop connections in closed loops for the
+// handshake rate: few enough that the clients do not starve the proxy.
+const handshakeWorkers = 8
+
+// runHandshakes measures new connections per second through the proxy:
+// each worker dials, sends a link frame with a new session id (with
+// presence on, each a new tracked session), waits for its echo and drops
+// the connection, for d. It returns the rate and the proxy's CPU per
+// handshake, in seconds.
+func runHandshakes(ctx context.Context, p *proxyProc, tag string, d time.Duration) (perSec, cpuPer float64, err error) {
+	dialer := websocket.Dialer{HandshakeTimeout: ioTimeout, ReadBufferSize: 1024, WriteBufferSize: 1024}
+	var n atomic.Int64
+	var firstErr atomic.Pointer[error]
+	stop := time.Now().Add(d)
+	ticks0 := p.cpuTicks()
+	begin := time.Now()
+	var wg sync.WaitGroup
+	for w := range handshakeWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; time.Now().Before(stop) && ctx.Err() == nil; i++ {
+				c, err := dialLinked(ctx, &dialer, p.url(), fmt.Sprintf("bench-%s-hs-%d-%d", tag, w, i))
+				if err != nil {
+					firstErr.CompareAndSwap(nil, &err)
+					return
+				}
+				c.Close()
+				n.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(begin).Seconds()
+	if e := firstErr.Load(); e != nil {
+		return 0, 0, fmt.Errorf("handshake: %w", *e)
+	}
+	perSec = float64(n.Load()) / elapsed
+	if p.measured() && n.Load() > 0 {
+		cpuPer = float64(p.cpuTicks()-ticks0) / clockTicks / float64(n.Load())
+	}
+	return perSec, cpuPer, nil
+}

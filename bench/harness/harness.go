@@ -30,16 +30,18 @@ import (
 const (
 	Direct          = "direct"
 	Nginx           = "nginx"
+	HAProxy         = "haproxy"
 	Sidecar         = "sidecar"
 	SidecarPresence = "sidecar-presence"
 )
 
 // AllCandidates lists every candidate name.
-var AllCandidates = []string{Direct, Nginx, Sidecar, SidecarPresence}
+var AllCandidates = []string{Direct, Nginx, HAProxy, Sidecar, SidecarPresence}
 
 var labels = map[string]string{
 	Direct:          "direct to upstream (no proxy)",
 	Nginx:           "nginx, 1 worker",
+	HAProxy:         "HAProxy, 1 thread",
 	Sidecar:         "presence-sidecar, presence off",
 	SidecarPresence: "presence-sidecar, presence on",
 }
@@ -56,6 +58,7 @@ type Config struct {
 	RepoDir    string        // root of the presence-sidecar module; empty: found upwards from the working directory
 	SidecarBin string        // a prebuilt presence-sidecar binary; empty: built from RepoDir
 	NginxBin   string        // empty: nginx on PATH, else /usr/sbin/nginx
+	HAProxyBin string        // empty: haproxy on PATH, else /usr/sbin/haproxy
 	GoMaxProcs int           // GOMAXPROCS for the sidecar process; 0: the Go default
 	SidecarEnv []string      // extra KEY=VALUE for the sidecar processes (GOGC=50, PROBE_INTERVAL=0, …)
 	Diag       bool          // after the runs, look inside the sidecar processes (goroutines, heap)
@@ -122,6 +125,8 @@ type Sample struct {
 	Max                 time.Duration // slowest round trip
 	CPU                 float64       // proxy CPU during the measured window, in cores (1 = one core busy)
 	Foreign             float64       // CPU used meanwhile by everything that is not this benchmark, in cores: noise
+	HandshakesPerSec    float64       // new connections (each a new session) per second
+	CPUPerHandshake     float64       // proxy CPU per handshake, seconds
 }
 
 // Result is one candidate's samples.
@@ -142,11 +147,12 @@ type Report struct {
 
 // Environment describes the machine and the versions under test.
 type Environment struct {
-	CPUs         int
-	Kernel       string
-	GoVersion    string
-	NginxVersion string
-	SidecarRev   string
+	CPUs           int
+	Kernel         string
+	GoVersion      string
+	NginxVersion   string
+	HAProxyVersion string
+	SidecarRev     string
 }
 
 // Run runs the benchmark. ctx cancels it (every process it started is stopped).
@@ -155,7 +161,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	begin := time.Now()
-	if err := raiseFileLimit(4*cfg.Idle + 4*cfg.Clients + 4096); err != nil {
+	// Each process has its own limit; the proxy, holding two sockets per
+	// connection, needs the most.
+	if err := raiseFileLimit(2*cfg.Idle + 2*cfg.Clients + 1024); err != nil {
 		return nil, err
 	}
 	tmp, err := os.MkdirTemp("", "wsbench-")
@@ -171,6 +179,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			return nil, err
 		}
 		rep.Env.NginxVersion = nginxVersion(r.nginxBin)
+	}
+	if cfg.wants(HAProxy) {
+		if r.haproxyBin, err = findHAProxy(cfg.HAProxyBin); err != nil {
+			return nil, err
+		}
+		rep.Env.HAProxyVersion = haproxyVersion(r.haproxyBin)
 	}
 	if cfg.wants(Sidecar) || cfg.wants(SidecarPresence) {
 		if r.sidecarBin, rep.Env.SidecarRev, err = sidecarBinary(ctx, cfg, tmp, r.log); err != nil {
@@ -225,8 +239,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 					mem += fmt.Sprintf(", %.1f KiB/conn after %s", s.MemPerConnHeld/1024, cfg.Hold)
 				}
 			}
-			fmt.Fprintf(r.log, "[%d/%d] %-17s %s, %.0f msgs/s, p50 %s, p99 %s, max %s, proxy CPU %.2f, other load %.2f cores\n",
-				i+1, cfg.Reps, res.Name, mem, s.MsgsPerSec, fmtDur(s.P50), fmtDur(s.P99), fmtDur(s.Max), s.CPU, s.Foreign)
+			fmt.Fprintf(r.log, "[%d/%d] %-17s %s, %.0f msgs/s, p50 %s, p99 %s, max %s, proxy CPU %.2f, other load %.2f cores, %.0f handshakes/s\n",
+				i+1, cfg.Reps, res.Name, mem, s.MsgsPerSec, fmtDur(s.P50), fmtDur(s.P99), fmtDur(s.Max), s.CPU, s.Foreign, s.HandshakesPerSec)
 		}
 	}
 	if cfg.Diag {
@@ -251,6 +265,7 @@ type runner struct {
 	log        io.Writer
 	upstream   *upstreamProc
 	nginxBin   string
+	haproxyBin string
 	sidecarBin string
 	handoffURL string
 }
@@ -313,6 +328,13 @@ func (r *runner) runOnce(ctx context.Context, name string, rep int) (Sample, err
 		return s, p.failed(err)
 	}
 	s.Msgs, s.MsgsPerSec, s.P50, s.P99, s.Max, s.CPU, s.Foreign = e.msgs, e.perSec, e.p50, e.p99, e.max, e.cpu, e.foreign
+	if err := r.upstream.waitIdle(ctx, 10*time.Second); err != nil {
+		return s, p.failed(err)
+	}
+	// Handshakes: new connections per second, each a new session.
+	if s.HandshakesPerSec, s.CPUPerHandshake, err = runHandshakes(ctx, p, tag, min(r.cfg.Duration, 2*time.Second)); err != nil {
+		return s, p.failed(err)
+	}
 	if err := p.stop(); err != nil {
 		return s, err
 	}
@@ -348,7 +370,7 @@ func raiseFileLimit(want int) error {
 		return fmt.Errorf("raising the open-file limit: %w", err)
 	}
 	if lim.Cur < uint64(want) {
-		return fmt.Errorf("open-file limit is %d but %d idle connections need about %d (raise the hard limit, or lower -n)", lim.Cur, (want-4096)/4, want)
+		return fmt.Errorf("open-file limit is %d but %d idle connections need about %d (raise the hard limit, or lower -n)", lim.Cur, (want-1024)/2, want)
 	}
 	return nil
 }

@@ -24,7 +24,10 @@ func TestTinyRun(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("nginx left out: %v", err)
-		only = []string{Direct, Sidecar, SidecarPresence}
+		only = []string{Direct, HAProxy, Sidecar, SidecarPresence}
+	}
+	if _, err := findHAProxy(""); err != nil {
+		t.Fatal(err) // scripts/test.sh installs it
 	}
 	if _, err := exec.LookPath("go"); err != nil {
 		t.Fatal("no go command to build the sidecar with")
@@ -52,7 +55,7 @@ func TestTinyRun(t *testing.T) {
 			t.Errorf("%s: no row in the table", name)
 		}
 		m := r.Medians()
-		if m.MsgsPerSec <= 0 || m.P50 <= 0 || m.P99 < m.P50 {
+		if m.MsgsPerSec <= 0 || m.P50 <= 0 || m.P99 < m.P50 || m.HandshakesPerSec <= 0 {
 			t.Errorf("%s: echo figures %+v", name, m)
 		}
 		if r.Proxy && (m.MemPerConn <= 0 || r.Samples[0].MemPerConnHeld <= 0 || m.CPU <= 0 || m.CPUPerMsg <= 0) {

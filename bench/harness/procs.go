@@ -141,6 +141,8 @@ func (r *runner) start(ctx context.Context, name, tag string, extraEnv []string)
 		return &proxyProc{name: name, addr: r.upstream.addr}, nil
 	case Nginx:
 		return r.startNginx(ctx, tag)
+	case HAProxy:
+		return r.startHAProxy(ctx, tag)
 	case Sidecar, SidecarPresence:
 		return r.startSidecar(ctx, name, tag, extraEnv)
 	}
@@ -183,7 +185,10 @@ func (r *runner) startNginx(ctx context.Context, tag string) (*proxyProc, error)
 	if err != nil {
 		return nil, err
 	}
-	conns := 2*(r.cfg.Idle+r.cfg.Clients) + 512 // each proxied connection is two
+	// Each proxied connection is two; nginx also runs out early ("worker_connections
+	// are not enough, reusing connections") at about 97% of the figure, so
+	// it gets headroom: the setting only sizes a table.
+	conns := 3*(r.cfg.Idle+r.cfg.Clients) + 512
 	conf := strings.NewReplacer("{{DIR}}", dir, "{{LISTEN}}", addr, "{{UPSTREAM}}", r.upstream.addr,
 		"{{CONNS}}", strconv.Itoa(conns), "{{FILES}}", strconv.Itoa(conns+256)).Replace(nginxConf)
 	confPath := filepath.Join(dir, "nginx.conf")

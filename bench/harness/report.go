@@ -43,6 +43,8 @@ func msgsPerSec(s Sample) float64 { return s.MsgsPerSec }
 func p50(s Sample) float64        { return float64(s.P50) }
 func p99(s Sample) float64        { return float64(s.P99) }
 func cpu(s Sample) float64        { return s.CPU }
+func handshakes(s Sample) float64 { return s.HandshakesPerSec }
+func cpuPerHS(s Sample) float64   { return s.CPUPerHandshake }
 
 // cpuPerMsg is the proxy's CPU time per round trip, in seconds: less
 // sensitive to other load on the machine than msgs/s.
@@ -59,17 +61,19 @@ type Figures struct {
 	P50, P99               time.Duration
 	CPU                    float64
 	CPUPerMsg              float64 // seconds of proxy CPU per round trip
+	HandshakesPerSec       float64
 }
 
 // Medians returns the candidate's median figures.
 func (r *Result) Medians() Figures {
 	return Figures{
-		MemPerConn: r.stat(memPerConn).med,
-		MsgsPerSec: r.stat(msgsPerSec).med,
-		P50:        time.Duration(r.stat(p50).med),
-		P99:        time.Duration(r.stat(p99).med),
-		CPU:        r.stat(cpu).med,
-		CPUPerMsg:  r.stat(cpuPerMsg).med,
+		MemPerConn:       r.stat(memPerConn).med,
+		MsgsPerSec:       r.stat(msgsPerSec).med,
+		P50:              time.Duration(r.stat(p50).med),
+		P99:              time.Duration(r.stat(p99).med),
+		CPU:              r.stat(cpu).med,
+		CPUPerMsg:        r.stat(cpuPerMsg).med,
+		HandshakesPerSec: r.stat(handshakes).med,
 	}
 }
 
@@ -130,6 +134,9 @@ func (rep *Report) Markdown() string {
 	if e.NginxVersion != "" {
 		fmt.Fprintf(&b, ", nginx %s", e.NginxVersion)
 	}
+	if e.HAProxyVersion != "" {
+		fmt.Fprintf(&b, ", HAProxy %s", e.HAProxyVersion)
+	}
 	if e.SidecarRev != "" {
 		fmt.Fprintf(&b, ", presence-sidecar %s", e.SidecarRev)
 	}
@@ -154,12 +161,13 @@ func (rep *Report) Markdown() string {
 	if c.Hold > 0 {
 		heldHead, heldSep = fmt.Sprintf(" … after holding them %s |", c.Hold), "---|"
 	}
-	fmt.Fprintf(&b, "| candidate | memory per idle connection (proxy RSS) |%s echo msgs/s | p50 | p99 | proxy CPU (cores) | proxy CPU per echo |\n", heldHead)
-	fmt.Fprintf(&b, "|---|---|%s---|---|---|---|---|\n", heldSep)
+	fmt.Fprintf(&b, "| candidate | memory per idle connection (proxy RSS) |%s echo msgs/s | p50 | p99 | proxy CPU (cores) | proxy CPU per echo | handshakes/s | proxy CPU per handshake |\n", heldHead)
+	fmt.Fprintf(&b, "|---|---|%s---|---|---|---|---|---|---|\n", heldSep)
 	for _, r := range rep.Results {
 		n := len(r.Samples)
-		mem, held, cpuCell, perMsg := "—", "—", "—", "—"
+		mem, held, cpuCell, perMsg, perHS := "—", "—", "—", "—", "—"
 		if r.Proxy {
+			perHS = cell(r.stat(cpuPerHS), n, micros)
 			mem = cell(r.stat(memPerConn), n, kib)
 			held = cell(r.stat(memHeld), n, kib)
 			cpuCell = cell(r.stat(cpu), n, cores)
@@ -168,15 +176,16 @@ func (rep *Report) Markdown() string {
 		if c.Hold > 0 {
 			mem += " | " + held
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", r.Label, mem,
-			cell(r.stat(msgsPerSec), n, rate), cell(r.stat(p50), n, ms), cell(r.stat(p99), n, ms), cpuCell, perMsg)
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Label, mem,
+			cell(r.stat(msgsPerSec), n, rate), cell(r.stat(p50), n, ms), cell(r.stat(p99), n, ms), cpuCell, perMsg,
+			cell(r.stat(handshakes), n, rate), perHS)
 	}
 
 	if ng := rep.Result(Nginx); ng != nil {
 		base := ng.Medians()
 		fmt.Fprintf(&b, "\nAgainst nginx (ratio of medians; msgs/s: higher is better; the others: lower is better):\n\n")
-		fmt.Fprintf(&b, "| candidate | memory per idle connection | echo msgs/s | p50 | p99 | proxy CPU per echo |\n")
-		fmt.Fprintf(&b, "|---|---|---|---|---|---|\n")
+		fmt.Fprintf(&b, "| candidate | memory per idle connection | echo msgs/s | p50 | p99 | proxy CPU per echo | handshakes/s |\n")
+		fmt.Fprintf(&b, "|---|---|---|---|---|---|---|\n")
 		for _, r := range rep.Results {
 			if r.Name == Nginx {
 				continue
@@ -187,8 +196,9 @@ func (rep *Report) Markdown() string {
 				mem = ratio(m.MemPerConn, base.MemPerConn)
 				perMsg = ratio(m.CPUPerMsg, base.CPUPerMsg)
 			}
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", r.Label, mem,
-				ratio(m.MsgsPerSec, base.MsgsPerSec), ratio(float64(m.P50), float64(base.P50)), ratio(float64(m.P99), float64(base.P99)), perMsg)
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", r.Label, mem,
+				ratio(m.MsgsPerSec, base.MsgsPerSec), ratio(float64(m.P50), float64(base.P50)), ratio(float64(m.P99), float64(base.P99)), perMsg,
+				ratio(m.HandshakesPerSec, base.HandshakesPerSec))
 		}
 	}
 	for _, d := range rep.Diagnoses {

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -64,7 +65,7 @@ func healthcheck(adminAddr string, stderr io.Writer) int {
 func run(ctx context.Context, environ []string, stderr io.Writer) int {
 	cfg, err := config.Load(environ)
 	if err != nil {
-		fmt.Fprintf(stderr, "presence-sidecar: configuration error: %v\n", err)
+		reportConfigErrors(stderr, err)
 		return 2
 	}
 	log, err := app.NewLogger(cfg, stderr)
@@ -91,4 +92,18 @@ func run(ctx context.Context, environ []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// reportConfigErrors prints every configuration mistake, one per line, so
+// that one run shows what to fix.
+func reportConfigErrors(w io.Writer, err error) {
+	var all config.Errors
+	if !errors.As(err, &all) || len(all) == 1 {
+		fmt.Fprintf(w, "presence-sidecar: configuration error: %v\n", err)
+		return
+	}
+	fmt.Fprintf(w, "presence-sidecar: %d configuration errors:\n", len(all))
+	for _, e := range all {
+		fmt.Fprintf(w, "  %v\n", e)
+	}
 }

@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 	"sync/atomic"
 
+	"github.com/presence-sidecar/presence-sidecar/internal/readiness"
 	"github.com/presence-sidecar/presence-sidecar/presence"
 	"github.com/presence-sidecar/presence-sidecar/store"
 )
@@ -21,8 +23,9 @@ type Server struct {
 	Cluster  Cluster      // nil in the embedded mode
 	Metrics  http.Handler // /metrics
 	Status   http.Handler // / (the status page)
-	// Ready reports what is degraded ("" when nothing is).
-	Ready func() string
+	Session  http.Handler // /sessions/{id} (a session's timeline page, status.NewTimeline)
+	// Ready gives /readyz's checks (package readiness).
+	Ready func() []readiness.Status
 
 	draining atomic.Bool
 }
@@ -41,6 +44,9 @@ func (s *Server) Handler() http.Handler {
 	if s.Status != nil {
 		mux.Handle("GET /{$}", s.Status)
 	}
+	if s.Session != nil {
+		mux.Handle("GET /sessions/{id}", s.Session)
+	}
 	api := http.NewServeMux()
 	api.HandleFunc("GET /v1/sessions", s.sessions)
 	api.HandleFunc("GET /v1/sessions/{id}", s.session)
@@ -52,25 +58,46 @@ func (s *Server) Handler() http.Handler {
 	api.HandleFunc("POST /v1/notifications/dead/{id}/replay", s.replay)
 	api.HandleFunc("GET /v1/notifications/recent", s.recent)
 	api.HandleFunc("GET /v1/replicas", s.replicas)
+	api.HandleFunc("GET /v1/sessions/{id}/events", s.sessionEvents) // timeline.go
 	mux.Handle("/v1/", s.authorize(api))
 	return mux
 }
 
-// readyz fails only while draining. Trouble with the state store degrades
-// presence but never the data plane, so it is reported here without taking
-// the sidecar out of its load balancer.
+// readyz answers 503 while draining and while a critical check fails (the
+// upstream refuses connections: no traffic can be served); otherwise 200.
+// Its first line is the verdict, then one line per check. Trouble with the
+// platform or the state store degrades presence but never the data plane,
+// so it is reported without taking the sidecar out of its load balancer.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	if s.draining.Load() {
 		writeText(w, http.StatusServiceUnavailable, "draining")
 		return
 	}
+	var checks []readiness.Status
 	if s.Ready != nil {
-		if why := s.Ready(); why != "" {
-			writeText(w, http.StatusOK, "ready, presence degraded: "+why)
-			return
+		checks = s.Ready()
+	}
+	code, verdict := http.StatusOK, "ready"
+	var degraded, down []string
+	for _, c := range checks {
+		switch {
+		case c.OK:
+		case c.Critical:
+			down = append(down, c.Name+": "+c.Detail)
+		case c.Name == "state":
+			degraded = append(degraded, c.Detail)
 		}
 	}
-	writeText(w, http.StatusOK, "ready")
+	if len(down) > 0 {
+		code, verdict = http.StatusServiceUnavailable, "not ready: "+strings.Join(down, "; ")
+	} else if len(degraded) > 0 {
+		verdict = "ready, presence degraded: " + strings.Join(degraded, "; ")
+	}
+	lines := []string{verdict}
+	for _, c := range checks {
+		lines = append(lines, c.Line())
+	}
+	writeText(w, code, strings.Join(lines, "\n"))
 }
 
 // authorize guards /v1/ with ADMIN_TOKEN, compared in constant time.

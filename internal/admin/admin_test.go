@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/presence-sidecar/presence-sidecar/handoff"
+	"github.com/presence-sidecar/presence-sidecar/internal/readiness"
 	"github.com/presence-sidecar/presence-sidecar/presence"
 	"github.com/presence-sidecar/presence-sidecar/store"
 )
@@ -111,12 +112,14 @@ func TestHandoffAndBotSettings(t *testing.T) {
 }
 
 func TestPresenceOffAndReadiness(t *testing.T) {
-	s := &Server{Token: "t", Ready: func() string { return "state store: disk on fire" }}
+	s := &Server{Token: "t", Ready: func() []readiness.Status {
+		return []readiness.Status{{Name: "upstream", OK: true, Critical: true, Detail: "up"}, {Name: "state", Detail: "state store: disk on fire"}}
+	}}
 	h := s.Handler()
 	if code, body := do(t, h, "GET", "/v1/sessions", "t", ""); code != http.StatusConflict || !strings.Contains(body, "PRESENCE_ENABLED") {
 		t.Fatalf("presence off: %d %s", code, body)
 	}
-	if code, body := do(t, h, "GET", "/readyz", "", ""); code != 200 || !strings.Contains(body, "degraded") {
+	if code, body := do(t, h, "GET", "/readyz", "", ""); code != 200 || !strings.HasPrefix(body, "ready, presence degraded: state store: disk on fire\n[+]upstream ok: up\n[-]state failing") {
 		t.Fatalf("degraded readyz: %d %s", code, body)
 	}
 	s.Drain()

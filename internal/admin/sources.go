@@ -1,9 +1,12 @@
 package admin
 
 import (
+	"context"
+
 	"github.com/presence-sidecar/presence-sidecar/presence"
 	"github.com/presence-sidecar/presence-sidecar/store"
 	"github.com/presence-sidecar/presence-sidecar/store/redisstate"
+	"github.com/presence-sidecar/presence-sidecar/timeline"
 )
 
 // Cluster is what the admin listener shows of cluster mode beyond the
@@ -24,6 +27,8 @@ type Presence interface {
 	// BotIDs lists the bots with settings of their own (file or API).
 	BotIDs() []string
 	Stats() presence.Stats
+	// Timeline is a session's recent history (GET /v1/sessions/{id}/events).
+	Timeline(ctx context.Context, id string) timeline.History
 }
 
 // Outbox is what the admin listener shows and replays of the notifications:

@@ -21,6 +21,7 @@ import (
 	"github.com/presence-sidecar/presence-sidecar/internal/admin"
 	"github.com/presence-sidecar/presence-sidecar/internal/admin/status"
 	"github.com/presence-sidecar/presence-sidecar/internal/config"
+	"github.com/presence-sidecar/presence-sidecar/internal/readiness"
 	"github.com/presence-sidecar/presence-sidecar/internal/telemetry"
 	"github.com/presence-sidecar/presence-sidecar/presence"
 	"github.com/presence-sidecar/presence-sidecar/presence/cluster"
@@ -29,6 +30,7 @@ import (
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
 	"github.com/presence-sidecar/presence-sidecar/store"
 	"github.com/presence-sidecar/presence-sidecar/store/redisstate"
+	"github.com/presence-sidecar/presence-sidecar/timeline"
 )
 
 // NewLogger builds the zap logger LOG_LEVEL and LOG_FORMAT ask for.
@@ -70,8 +72,12 @@ type App struct {
 
 	presence admin.Presence // either mode's, for the admin listener
 	outbox   admin.Outbox
-	runners  []runner       // the presence and delivery loops Serve runs
-	closers  []func() error // run by close, in order
+	runners  []runner // the presence and delivery loops Serve runs
+	// /readyz's checks (readiness.go); platformCheck is nil with presence off.
+	upstreamCheck *readiness.Upstream
+	platformCheck *readiness.Platform
+	timeline      *timeline.Recorder // sessions' histories (timeline.go); nil: presence off
+	closers       []func() error     // run by close, in order
 }
 
 // runner is a loop Serve runs until its context ends.
@@ -110,6 +116,7 @@ func Build(cfg config.Config, log *zap.Logger, tel *telemetry.Telemetry) (*App, 
 			return nil, err
 		}
 	}
+	a.buildReadiness(upstream)
 	p, err := proxy.New(po)
 	if err != nil {
 		a.close()
@@ -131,7 +138,7 @@ func Build(cfg config.Config, log *zap.Logger, tel *telemetry.Telemetry) (*App, 
 		Presence: a.presence,
 		Outbox:   a.outbox,
 		Metrics:  tel.MetricsHandler(),
-		Ready:    a.ready,
+		Ready:    a.checks,
 	}
 	if a.clusterEngine != nil {
 		a.admin.Cluster = a.clusterEngine
@@ -141,6 +148,9 @@ func Build(cfg config.Config, log *zap.Logger, tel *telemetry.Telemetry) (*App, 
 		so.Presence, so.Outbox = a.presence, a.outbox
 	}
 	a.admin.Status = status.New(so)
+	if a.presence != nil {
+		a.admin.Session = status.NewTimeline(cfg.AdminToken, a.presence)
+	}
 	return a, nil
 }
 
@@ -166,7 +176,7 @@ func (a *App) handoffOptions(st store.Store, log *zap.Logger) handoff.Options {
 		RetryFor:      cfg.HandoffRetryFor,
 		Store:         st,
 		Log:           log,
-		Observe:       a.metrics.delivery,
+		Observe:       a.observeDelivery, // timeline.go
 		Tracer:        a.tel.Tracer,
 	}
 }
@@ -180,6 +190,7 @@ func (a *App) buildPresence(po *proxy.Options) error {
 	if po.SessionFrom, po.BotFrom, err = cfg.IDSources(); err != nil {
 		return err
 	}
+	po.Framing = cfg.Framing() // PRESET
 	r, err := cfg.PresenceRules()
 	if err != nil {
 		return err
@@ -198,6 +209,7 @@ func (a *App) buildPresence(po *proxy.Options) error {
 	}
 
 	p := presenceParts{rules: r, detect: presence.Detect(detect), bots: bots}
+	a.buildTimeline() // timeline.go
 	build := a.buildEmbedded
 	if cfg.RedisURL != "" {
 		build = a.buildCluster
@@ -205,6 +217,7 @@ func (a *App) buildPresence(po *proxy.Options) error {
 	if err := build(p); err != nil {
 		return err
 	}
+	a.timelineBackend() // timeline_store.go
 	po.Observer = a.presence.(event.Observer)
 	return nil
 }
@@ -238,6 +251,7 @@ func (a *App) buildEmbedded(p presenceParts) error {
 		MaxSessions:      cfg.PresenceMaxSessions,
 		Wake:             a.deliverer.Wake,
 		Tracer:           a.tel.Tracer,
+		Timeline:         a.timeline,
 	})
 	if err != nil {
 		a.close()

@@ -37,7 +37,9 @@ func hostName() string {
 // and the cluster deliverer (docs/ARCHITECTURE.md, "Cluster mode").
 func (a *App) buildCluster(p presenceParts) error {
 	cfg := a.cfg
-	a.replica = replicaID()
+	if a.replica == "" { // buildTimeline may have chosen it
+		a.replica = replicaID()
+	}
 	host := hostName()
 	log := a.log.With(zap.String("replica", a.replica))
 	st, err := redisstate.Dial(cfg.RedisURL, redisstate.Options{
@@ -62,7 +64,7 @@ func (a *App) buildCluster(p presenceParts) error {
 	eng, err := cluster.NewEngine(cluster.EngineOptions{
 		State: st, Replica: a.replica, Lease: cfg.RedisLeaseTTL, Bots: bots,
 		Detect: p.detect, HandoffStart: p.rules.HandoffStart, HandoffEnd: p.rules.HandoffEnd, Ignore: p.rules.Ignore,
-		Log: log.Named("presence"), Wake: cd.Wake, Lag: a.metrics.decisionLag,
+		Log: log.Named("presence"), Wake: cd.Wake, Lag: a.metrics.decisionLag, Timeline: a.timeline,
 	})
 	if err != nil {
 		st.Close()

@@ -41,6 +41,7 @@ type Config struct {
 	ProbeTimeout      time.Duration `env:"PROBE_TIMEOUT" desc:"no Pong within this after a probe: the connection is dead and both sides are closed"`
 	SessionIDFrom     string        `env:"SESSION_ID_FROM" desc:"where a session id comes from, tried in order"`
 	BotIDFrom         string        `env:"BOT_ID_FROM" desc:"where a bot id comes from, tried in order"`
+	Preset            string        `env:"PRESET" desc:"the chat stack: seed, socketio, sockjs or centrifuge; sets how messages are decoded and the defaults of SESSION_ID_FROM, BOT_ID_FROM, PRESENCE_IGNORE, HANDOFF_START_MATCH and HANDOFF_END_MATCH (experimental: only seed is tested end to end so far)"`
 
 	// Presence
 	PresenceEnabled       bool          `env:"PRESENCE_ENABLED" desc:"monitor client presence (off: a pure proxy)"`
@@ -96,6 +97,7 @@ func Defaults() Config {
 		ProbeTimeout:      20 * time.Second,
 		SessionIDFrom:     "query:sessionId,header:X-Session-Id,frame:data.sessionId,body:sessionId",
 		BotIDFrom:         "query:botId,frame:data.botId,body:botId",
+		Preset:            "seed",
 
 		PresenceCheckInterval: 2 * time.Minute,
 		PresenceMode:          string(presence.ModeConnection),
@@ -123,15 +125,50 @@ func Defaults() Config {
 }
 
 // Load reads and validates the configuration from environ (os.Environ() form).
-// A variable that is not set keeps its value from Defaults.
+// A variable that is not set keeps its value from Defaults. Every mistake is
+// reported at once, one error per variable, so that one run shows them all:
+// a value that does not parse keeps its default for the checks that follow,
+// which therefore do not report it twice.
 func Load(environ []string) (Config, error) {
 	vars := env.ToMap(environ)
 	c := Defaults()
-	if err := env.ParseWithOptions(&c, env.Options{Environment: vars}); err != nil {
-		return c, explain(err, vars)
+	applyPreset(&c, vars["PRESET"]) // preset.go: explicit variables are read over it
+	parseErrs, unset := explain(env.ParseWithOptions(&c, env.Options{Environment: vars}), vars)
+	errs := parseErrs
+	for _, err := range c.validate() {
+		var v *VarError
+		if errors.As(err, &v) && unset[v.Name] {
+			continue // "required but not set" says it already
+		}
+		errs = append(errs, err)
 	}
-	return c, c.validate()
+	if len(errs) == 0 {
+		return c, nil
+	}
+	return c, Errors(errs)
 }
+
+// Errors is every configuration mistake of one start-up. Its message lists
+// them one per line.
+type Errors []error
+
+// Error implements error.
+func (e Errors) Error() string {
+	msgs := make([]string, len(e))
+	for i, err := range e {
+		msgs[i] = err.Error()
+	}
+	return strings.Join(msgs, "\n")
+}
+
+// Unwrap lets errors.Is and errors.As see each mistake.
+func (e Errors) Unwrap() []error { return e }
+
+// VarError is one variable's bad value and what is allowed instead.
+type VarError struct{ Name, Value, Allowed string }
+
+// Error implements error.
+func (e *VarError) Error() string { return fmt.Sprintf("%s=%q: %s", e.Name, e.Value, e.Allowed) }
 
 // Vars lists every variable the sidecar knows with its default and description.
 func Vars() []Var {
@@ -179,29 +216,34 @@ type Var struct {
 }
 
 // explain turns the env library's errors, which name Go fields, into ones
-// that name the variable and its value.
-func explain(err error, vars map[string]string) error {
+// that name the variable and its value; unset holds the required variables
+// that are missing.
+func explain(err error, vars map[string]string) (errs []error, unset map[string]bool) {
+	if err == nil {
+		return nil, nil
+	}
 	var agg env.AggregateError
 	if !errors.As(err, &agg) {
-		return err
+		return []error{err}, nil
 	}
 	t := reflect.TypeOf(Config{})
-	var msgs []string
+	unset = map[string]bool{}
 	for _, e := range agg.Errors {
 		var pe env.ParseError
-		var unset env.VarIsNotSetError
+		var notSet env.VarIsNotSetError
 		switch {
 		case errors.As(e, &pe):
 			f, _ := t.FieldByName(pe.Name)
 			name := varName(f)
-			msgs = append(msgs, fmt.Sprintf("%s=%q: %s", name, vars[name], allowedFor(pe.Type)))
-		case errors.As(e, &unset):
-			msgs = append(msgs, fmt.Sprintf("%s is required but not set", unset.Key))
+			errs = append(errs, bad(name, vars[name], allowedFor(pe.Type)))
+		case errors.As(e, &notSet):
+			unset[notSet.Key] = true
+			errs = append(errs, fmt.Errorf("%s is required but not set", notSet.Key))
 		default:
-			msgs = append(msgs, e.Error())
+			errs = append(errs, e)
 		}
 	}
-	return errors.New(strings.Join(msgs, "; "))
+	return errs, unset
 }
 
 func allowedFor(t reflect.Type) string {
@@ -217,10 +259,11 @@ func allowedFor(t reflect.Type) string {
 }
 
 func bad(name, value, allowed string) error {
-	return fmt.Errorf("%s=%q: %s", name, value, allowed)
+	return &VarError{Name: name, Value: value, Allowed: allowed}
 }
 
-func (c Config) validate() error {
+// validate checks the values that parsed, one error per mistake.
+func (c Config) validate() []error {
 	var errs []error
 	u, err := url.Parse(c.UpstreamURL)
 	if err != nil || u.Host == "" || !oneOf(u.Scheme, "http", "https", "ws", "wss") {
@@ -284,6 +327,7 @@ func (c Config) validate() error {
 	}
 	errs = append(errs, c.validatePresenceInputs()...)
 	errs = append(errs, c.validateRedis()...)
+	errs = append(errs, c.validatePreset()...)
 	if c.PresenceEnabled && c.HandoffURL == "" {
 		errs = append(errs, bad("HANDOFF_URL", "", "required when PRESENCE_ENABLED=true: the human-service platform's base URL"))
 	}
@@ -297,7 +341,21 @@ func (c Config) validate() error {
 			errs = append(errs, bad(p.name, p.v, err.Error()))
 		}
 	}
-	return errors.Join(errs...)
+	return flatten(errs)
+}
+
+// flatten splits the errors.Join of a helper that checks several variables
+// into one error per variable.
+func flatten(errs []error) []error {
+	var out []error
+	for _, err := range errs {
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			out = append(out, flatten(j.Unwrap())...)
+			continue
+		}
+		out = append(out, err)
+	}
+	return out
 }
 
 // validateRedis checks the cluster mode variables when REDIS_URL is set.

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"strings"
 	"testing"
 )
@@ -92,5 +93,37 @@ func TestErrorsRedactURLPasswords(t *testing.T) {
 	}
 	if got := RedactURL("https://u:hunter2@h/api?token=hunter2&x=1"); got != "https://u:xxxxx@h/api?token=xxxxx&x=1" {
 		t.Errorf("RedactURL = %q", got)
+	}
+}
+
+// One start-up shows every mistake, whether a value does not parse, is out
+// of range or is missing, each naming its variable once.
+func TestAllErrorsAtOnce(t *testing.T) {
+	_, err := Load([]string{"PROBE_INTERVAL=abc", "MAX_HEADER_BYTES=zz", "LOG_LEVEL=loud",
+		"PRESENCE_ENABLED=true", "PRESENCE_CHECK_INTERVAL=11m", "REDIS_URL=redis://r", "REDIS_LEASE_TTL=1ms"})
+	var all Errors
+	if !errors.As(err, &all) {
+		t.Fatalf("error %v (%T) is not Errors", err, err)
+	}
+	want := []string{"UPSTREAM_URL is required", `PROBE_INTERVAL="abc"`, `MAX_HEADER_BYTES="zz"`, `LOG_LEVEL="loud"`,
+		`PRESENCE_CHECK_INTERVAL="11m0s"`, "HANDOFF_URL", `REDIS_LEASE_TTL="1ms"`}
+	if len(all) != len(want) {
+		t.Errorf("%d errors, want %d:\n%v", len(all), len(want), err)
+	}
+	for _, w := range want {
+		if n := strings.Count(err.Error(), w); n != 1 {
+			t.Errorf("%q appears %d times in:\n%v", w, n, err)
+		}
+	}
+	var v *VarError
+	if !errors.As(err, &v) || v.Name == "" {
+		t.Errorf("errors.As finds no VarError in %v", err)
+	}
+}
+
+// A good environment is no error at all (not an empty list).
+func TestNoErrorsIsNil(t *testing.T) {
+	if _, err := Load([]string{"UPSTREAM_URL=http://u"}); err != nil {
+		t.Fatalf("err = %#v", err)
 	}
 }

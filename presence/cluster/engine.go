@@ -19,6 +19,7 @@ import (
 	"github.com/presence-sidecar/presence-sidecar/proxy/event"
 	"github.com/presence-sidecar/presence-sidecar/store"
 	"github.com/presence-sidecar/presence-sidecar/store/redisstate"
+	"github.com/presence-sidecar/presence-sidecar/timeline"
 )
 
 // EngineOptions configure an Engine.
@@ -42,6 +43,9 @@ type EngineOptions struct {
 	Lag  func(time.Duration)
 	Log  *zap.Logger
 	Wake func() // called after notifications were queued
+	// Timeline, when set, gets what this replica sees and decides of each
+	// session (package timeline). nil: none.
+	Timeline *timeline.Recorder
 }
 
 // Engine feeds the proxy's events to the cluster's state in Redis and
@@ -124,6 +128,7 @@ func (e *Engine) ConnOpened(id event.ConnID, o event.Open) {
 		e.counts.untrackedConns.Add(1)
 		return
 	}
+	e.o.Timeline.Add(c.sid, timeline.Event{Kind: timeline.ConnOpened, Conn: uint64(id)})
 	e.attach(c.sid, c.bot, c.trace)
 }
 
@@ -173,6 +178,7 @@ func (e *Engine) ConnIdentified(id event.ConnID, who event.Identity) {
 	e.connsMu.Unlock()
 	if attach {
 		e.counts.untrackedConns.Add(-1)
+		e.o.Timeline.Add(who.SessionID, timeline.Event{Kind: timeline.ConnOpened, Conn: uint64(id)})
 		e.attach(who.SessionID, bot, trace)
 	}
 }
@@ -188,6 +194,9 @@ func (e *Engine) Message(id event.ConnID, dir event.Direction, m event.Message) 
 	e.connsMu.Unlock()
 	if sid == "" {
 		return
+	}
+	if dir == event.FromClient {
+		e.o.Timeline.Activity(sid, false)
 	}
 	var handoff int8
 	if e.o.Detect.Rules {
@@ -225,6 +234,12 @@ func (e *Engine) ConnClosed(id event.ConnID, reason event.CloseReason) {
 	if c != nil && c.sid == "" {
 		e.counts.untrackedConns.Add(-1)
 	}
+	if c != nil && c.sid != "" {
+		if reason == event.CloseProbeTimeout {
+			e.o.Timeline.Add(c.sid, timeline.Event{Kind: timeline.ProbeTimeout, Conn: uint64(id), Reason: string(reason)})
+		}
+		e.o.Timeline.Add(c.sid, timeline.Event{Kind: timeline.ConnClosed, Conn: uint64(id), Reason: string(reason)})
+	}
 	if c == nil || c.sid == "" || reason == event.CloseShutdown {
 		return
 	}
@@ -259,6 +274,7 @@ func (e *Engine) sign(r event.Request) {
 			handoff = -1
 		}
 	}
+	e.o.Timeline.Activity(r.Who.SessionID, true)
 	now := time.Now()
 	e.ledger.update(r.Who.SessionID, func(en *entry) {
 		en.activityAt = now
@@ -292,11 +308,21 @@ func (e *Engine) SetHandoff(sid, bot string, on bool) error {
 		return fmt.Errorf("cluster: Redis: %w", err)
 	}
 	e.countHandoff(changed, on)
+	e.timelineHandoff(sid, changed, on)
 	e.ledger.sawHandoff(sid, on)
 	if changed && on {
 		e.o.Wake() // a start during an absence queued its /expire
 	}
 	return nil
+}
+
+func (e *Engine) timelineHandoff(sid string, changed, on bool) {
+	switch {
+	case changed && on:
+		e.o.Timeline.Add(sid, timeline.Event{Kind: timeline.HandoffOn})
+	case changed:
+		e.o.Timeline.Add(sid, timeline.Event{Kind: timeline.HandoffOff})
+	}
 }
 
 func (e *Engine) countHandoff(changed, on bool) {
@@ -415,6 +441,7 @@ func (e *Engine) write(ctx context.Context, p pending) (queued bool, err error) 
 			return false, err
 		}
 		e.countHandoff(changed, p.handoff > 0)
+		e.timelineHandoff(p.sid, changed, p.handoff > 0)
 		queued = changed && p.handoff > 0 // maybe an /expire: wake the deliverer
 	}
 	if p.connsDirty {
@@ -435,6 +462,13 @@ func (e *Engine) write(ctx context.Context, p pending) (queued bool, err error) 
 }
 
 func (e *Engine) noteSign(sid string, sg redisstate.Sign) bool {
+	if sg.Returned {
+		e.o.Timeline.Add(sid, timeline.Event{Kind: timeline.Returned, Episode: sg.Episode})
+	}
+	if sg.Queued {
+		// The webhook-id is derived in Redis; the attempts carry it.
+		e.o.Timeline.Add(sid, timeline.Event{Kind: timeline.Queued, Notification: string(store.KindOnline), Episode: sg.Episode})
+	}
 	if sg.Returned {
 		e.counts.returned.Add(1)
 		e.log.Info("presence: client back", zap.String("session", sid), zap.Uint64("episode", sg.Episode),
@@ -700,7 +734,9 @@ func (e *Engine) sweep(parent context.Context, all bool) (woke bool) {
 			if e.o.Lag != nil && !d.Due.IsZero() {
 				e.o.Lag(max(d.At.Sub(d.Due), 0))
 			}
+			e.o.Timeline.Add(d.SessionID, timeline.Event{At: d.At, Kind: timeline.Absent, Episode: d.Episode, Reason: d.Reason})
 			if d.Queued {
+				e.o.Timeline.Add(d.SessionID, timeline.Event{At: d.At, Kind: timeline.Queued, Notification: string(store.KindOffline), Episode: d.Episode})
 				e.counts.queued.Add(1)
 				e.counts.offline.Add(1)
 				woke = true

@@ -14,6 +14,7 @@ import (
 	"github.com/presence-sidecar/presence-sidecar/presence"
 	"github.com/presence-sidecar/presence-sidecar/store"
 	"github.com/presence-sidecar/presence-sidecar/store/redisstate"
+	"github.com/presence-sidecar/presence-sidecar/timeline"
 )
 
 // MaxListed bounds Sessions: the listing reads Redis, and an operator's
@@ -133,4 +134,9 @@ func (e *Engine) Replicas() ([]redisstate.Replica, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), redisstate.CallTimeout)
 	defer cancel()
 	return e.o.State.Replicas(ctx)
+}
+
+// Timeline is session id's recent history (package timeline).
+func (e *Engine) Timeline(ctx context.Context, id string) timeline.History {
+	return e.o.Timeline.History(ctx, id)
 }

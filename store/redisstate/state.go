@@ -24,6 +24,7 @@
 //	P{N}:depth       int    notifications queued in the shard's queues (the outbox depth)
 //	P{N}:dead        list   dead letters; P{N}:deadep hash: episodes whose /expire died
 //	P{N}:recent      list   the last delivered or dead notifications
+//	P{N}:tl:SID      list   the session's timeline, newest first, capped (timeline.go)
 //
 // Outside the shards: P + "{registry}:replicas" and P + "{registry}:hosts"
 // (registry.go), and P + "bots".

@@ -32,6 +32,8 @@ func main() {
 	flag.StringVar(&cfg.RepoDir, "repo", "", "presence-sidecar repository to build (default: found above the working directory)")
 	flag.StringVar(&cfg.SidecarBin, "sidecar", "", "use this presence-sidecar binary instead of building one")
 	flag.StringVar(&cfg.NginxBin, "nginx", "", "nginx binary (default: nginx on PATH, else /usr/sbin/nginx)")
+	flag.StringVar(&cfg.HAProxyBin, "haproxy", "", "haproxy binary (default: haproxy on PATH, else /usr/sbin/haproxy)")
+	out := flag.String("out", "", "also write the Markdown report to this file (e.g. results/wsbench.md)")
 	flag.IntVar(&cfg.GoMaxProcs, "gomaxprocs", 0, "GOMAXPROCS for the sidecar process (0: Go's default, all CPUs)")
 	flag.BoolVar(&cfg.Diag, "diag", false, "also look inside the sidecar holding the idle connections: goroutines, heap, stacks")
 	flag.DurationVar(&cfg.Hold, "hold", 0, "also hold the idle connections this long (answering the sidecar's pings) and measure memory again")
@@ -44,7 +46,7 @@ func main() {
 	})
 	quiet := flag.Bool("q", false, "no progress on stderr")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: wsbench [flags]\n\nCompares presence-sidecar with nginx and a direct connection; prints a Markdown table.\n\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: wsbench [flags]\n\nCompares presence-sidecar with nginx, HAProxy and a direct connection; prints a Markdown table.\n\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -70,5 +72,12 @@ func main() {
 		fmt.Fprintln(os.Stderr, "wsbench:", err)
 		os.Exit(1)
 	}
-	fmt.Print(rep.Markdown())
+	md := rep.Markdown()
+	fmt.Print(md)
+	if *out != "" {
+		if err := os.WriteFile(*out, []byte(md), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "wsbench:", err)
+			os.Exit(1)
+		}
+	}
 }
