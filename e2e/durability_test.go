@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -240,7 +241,7 @@ func TestBadConfigAndDeadUpstream(t *testing.T) {
 		t.Fatalf("message: %s", out)
 	}
 
-	dead := freeAddr(t) // nothing listens there
+	dead := boundNotListening(t) // refuses, and no listener of the sidecar's can take the port
 	sc := start(t, map[string]string{"UPSTREAM_URL": "http://" + dead})
 	resp, err := http.Get("http://" + sc.addr + "/anything")
 	if err != nil {
@@ -279,4 +280,24 @@ func TestSIGTERMRestartClientReturnsNothing(t *testing.T) {
 	c2 := client(t, sc2, "term-2", "b")
 	defer c2.Close()
 	pf.quiet(t, 3*time.Second)
+}
+
+// boundNotListening is an address whose port is bound but not listening: a
+// connection to it is refused, and, unlike a freed port, it cannot be handed
+// to the sidecar's own ADMIN_ADDR=127.0.0.1:0 meanwhile.
+func boundNotListening(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
 }
