@@ -89,6 +89,11 @@ func (u *Upstream) Probe(ctx context.Context) error {
 
 // Run probes every interval until ctx ends.
 func (u *Upstream) Run(ctx context.Context, every time.Duration) {
+	repeat(ctx, every, func() { _ = u.Probe(ctx) })
+}
+
+// repeat calls check every interval until ctx ends.
+func repeat(ctx context.Context, every time.Duration, check func()) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -96,7 +101,7 @@ func (u *Upstream) Run(ctx context.Context, every time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			_ = u.Probe(ctx)
+			check()
 		}
 	}
 }
@@ -175,16 +180,7 @@ func (p *Platform) Run(ctx context.Context, every, timeout time.Duration) {
 	if p.host == "" {
 		return
 	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			_ = p.Resolve(ctx, timeout)
-		}
-	}
+	repeat(ctx, every, func() { _ = p.Resolve(ctx, timeout) })
 }
 
 // Observe records one delivery attempt; reason says why it failed.
