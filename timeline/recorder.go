@@ -18,8 +18,11 @@ import (
 const (
 	DefaultPerSession = 64
 	// DefaultTotal bounds one replica's memory: an Event is about 300 bytes
-	// with its strings (TestEventSize), so 50,000 of them about 15 MB.
-	DefaultTotal      = 50_000
+	// with its strings (TestEventSize), so 5,000 of them about 1.5 MB. The
+	// memory is the recent part and the write buffer; History reads the
+	// Backend too, which keeps PerSession per session, so a small figure
+	// loses nothing a reader sees while the Backend works.
+	DefaultTotal      = 5_000
 	DefaultFlushEvery = 500 * time.Millisecond
 	// ActivityGap: client messages less than this apart are one activity
 	// summary; ActivitySpan: a summary covers at most this long, so a long

@@ -7,7 +7,7 @@
 //
 // The contract:
 //   - Bounded: at most Options.PerSession events per session (default 64)
-//     and Options.Total in all (default 50,000) in memory; past either, the
+//     and Options.Total in all (default 5,000) in memory; past either, the
 //     oldest events go first, and every drop is counted (Stats).
 //   - Never in the way: Recorder's methods take one mutex for a map lookup
 //     and a slice write and return; nothing on the data path waits for a
