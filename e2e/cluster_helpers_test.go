@@ -161,9 +161,15 @@ func replicaCounts(v replicaView) []int64 {
 	return out
 }
 
-// takeovers reads presence_sidecar_takeovers_total{kind=...} from sc's
-// /metrics (Prometheus text), summed over any other labels.
+// takeoverCount reads presence_sidecar_takeovers_total{kind=...}.
 func takeoverCount(t *testing.T, sc *sidecar, kind string) float64 {
+	t.Helper()
+	return metricSum(t, sc, "presence_sidecar_takeovers_total", `kind="`+kind+`"`)
+}
+
+// metricSum reads a metric with label (name="value") from sc's /metrics
+// (Prometheus text), summed over any other labels.
+func metricSum(t *testing.T, sc *sidecar, metric, label string) float64 {
 	t.Helper()
 	resp, err := http.Get("http://" + sc.admin + "/metrics")
 	if err != nil {
@@ -175,7 +181,7 @@ func takeoverCount(t *testing.T, sc *sidecar, kind string) float64 {
 	sum, found := 0.0, false
 	for s.Scan() {
 		line := s.Text()
-		if !strings.HasPrefix(line, "presence_sidecar_takeovers_total{") || !strings.Contains(line, `kind="`+kind+`"`) {
+		if !strings.HasPrefix(line, metric+"{") || !strings.Contains(line, label) {
 			continue
 		}
 		f, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
@@ -185,7 +191,7 @@ func takeoverCount(t *testing.T, sc *sidecar, kind string) float64 {
 		sum, found = sum+f, true
 	}
 	if !found {
-		t.Fatalf("presence_sidecar_takeovers_total{kind=%q} not in /metrics of %s", kind, sc.admin)
+		t.Fatalf("%s{%s} not in /metrics of %s", metric, label, sc.admin)
 	}
 	return sum
 }

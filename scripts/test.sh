@@ -18,6 +18,9 @@ command -v losetup >/dev/null || [ -x /usr/sbin/losetup ] || need+=(mount)
 command -v mkfs.ext4 >/dev/null || [ -x /usr/sbin/mkfs.ext4 ] || need+=(e2fsprogs)
 [ -x /usr/bin/redis-server ] || need+=(redis-server) # cluster mode: a real server, a real Redis Cluster
 [ -x /usr/bin/redis-sentinel ] || need+=(redis-sentinel)
+# e2e/frameworks_test.go: the chat frameworks' own servers and clients (npm).
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
 if ((${#need[@]})); then
 	if [ "$(id -u)" = 0 ]; then
 		echo "installing test dependencies: ${need[*]}" >&2
@@ -29,6 +32,14 @@ if ((${#need[@]})); then
 		exit 1
 	fi
 fi
+
+# The framework peers, exactly as the committed lock file says; no
+# install scripts run. The Centrifuge server is a module of its own.
+if ! cmp -s e2e/frameworks/package-lock.json e2e/frameworks/node_modules/.installed-from-lock 2>/dev/null; then
+	(cd e2e/frameworks && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error &&
+		cp package-lock.json node_modules/.installed-from-lock)
+fi
+(cd e2e/frameworks/centrifuge-server && go mod download)
 
 gofmt_out=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$gofmt_out" ]; then

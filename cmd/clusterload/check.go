@@ -10,6 +10,7 @@ import (
 // verdict is what the receiver got against what the sessions did.
 type verdict struct {
 	reconnects, ambiguous, ambiguousDecided int
+	unseenReturns                           int // returns the kill cut before they reached Redis
 	absences, returns, finals, killedAway   int
 
 	wantOff, wantOn, gotOff, gotOn int
@@ -135,12 +136,19 @@ func check(sessions []*session, interval time.Duration, killAt, churnEnd time.Ti
 				}
 				v.tally(s, a, i, nOff, nOn, 1, 1, offs[i])
 			case kAbsence:
+				if a.unseenReturn && nOff == 0 {
+					v.unseenReturns++ // the return was cut by the kill: the absence before goes on
+					continue
+				}
 				v.absences++
 				if a.killed {
 					v.killedAway++
 				}
 				wantOn := 1
-				if a.end.IsZero() {
+				if i+1 < len(s.aways) && s.aways[i+1].unseenReturn && len(offs[i+1]) == 0 {
+					wantOn = min(nOn, 1) // its return did not count; a later one may have
+					v.returns += wantOn
+				} else if a.end.IsZero() {
 					v.finals++
 					wantOn = 0
 				} else {

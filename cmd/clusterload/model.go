@@ -29,8 +29,13 @@ type away struct {
 	start  time.Time // the client went away (for a kill: the kill)
 	end    time.Time // it began to come back (its dial); zero: never (the run ended)
 	kind   awayKind
-	killed bool          // its connection was dropped by the kill
-	gap    time.Duration // a reconnect's: from start to the new connection's answered link
+	killed bool // its connection was dropped by the kill
+	// unseenReturn: it ended a return from an absence that the kill may
+	// have cut before it reached Redis; then nothing was decided, and the
+	// absence before goes on: no return message for it yet, and no
+	// /expire for this away.
+	unseenReturn bool
+	gap          time.Duration // a reconnect's: from start to the new connection's answered link
 }
 
 // session is one session id. Its aways are written by its goroutine only
@@ -211,8 +216,12 @@ func (l *load) play(s *session, startAt time.Time) {
 				// A connection opened just before the kill may never have
 				// reached Redis: then the session has been away since its
 				// last close, if that was a reconnect's.
-				if k.Sub(openedAt) < youngConn && cur >= 0 && s.aways[cur].kind != kAbsence {
-					a.start = s.aways[cur].start
+				if k.Sub(openedAt) < youngConn && cur >= 0 {
+					if s.aways[cur].kind != kAbsence {
+						a.start = s.aways[cur].start
+					} else {
+						a.unseenReturn = true // the absence may go on
+					}
 				}
 			} else {
 				l.drops.Add(1)

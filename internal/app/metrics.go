@@ -24,6 +24,7 @@ const (
 	mUpstreamErrors      = "presence_sidecar.upstream_errors"
 	mClientErrors        = "presence_sidecar.client_errors"
 	mInspectionStopped   = "presence_sidecar.inspection_stopped"
+	mUnparsed            = "presence_sidecar.unparsed"
 	mProbeTimeouts       = "presence_sidecar.probe_timeouts"
 	mUntracked           = "presence_sidecar.untracked"
 	mFrames              = "presence_sidecar.frames"
@@ -121,6 +122,7 @@ func (x *metrics) observe(m metric.MeterProvider, p *proxy.Proxy, stats func() p
 	rejected := counter(mRejected, "{request}", "Requests refused (503) over MAX_CONNECTIONS.")
 	upErrs := counter(mUpstreamErrors, "{request}", "Requests answered 502 because the upstream was unreachable, or 504 because it sent no response within UPSTREAM_RESPONSE_TIMEOUT.")
 	inspStopped := counter(mInspectionStopped, "{connection}", "Connections whose compressed messages in a direction (client, server) are no longer inspected: one inflated past the bound or could not be inflated, losing the deflate window.")
+	unparsed := counter(mUnparsed, "{message}", "Messages, by direction (client, server), that PRESET's framing could not decode: passed on untouched, and not looked at for ids, rules or activity.")
 	clientErrs := counter(mClientErrors, "{request}", "Requests that failed through the client's own fault (a malformed request body, a client gone mid-body), answered 4xx.")
 	probes := counter(mProbeTimeouts, "{connection}", "Connections closed because the client stopped answering the liveness probe.")
 	untracked := counter(mUntracked, "{request}", "Connections (counted when they end) and plain requests without a session id.")
@@ -142,8 +144,10 @@ func (x *metrics) observe(m metric.MeterProvider, p *proxy.Proxy, stats func() p
 		o.ObserveInt64(bytes, s.Bytes[event.FromServer].Load(), dirServer)
 		o.ObserveInt64(inspStopped, s.InspectionStopped[event.FromClient].Load(), dirClient)
 		o.ObserveInt64(inspStopped, s.InspectionStopped[event.FromServer].Load(), dirServer)
+		o.ObserveInt64(unparsed, s.Unparsed[event.FromClient].Load(), dirClient)
+		o.ObserveInt64(unparsed, s.Unparsed[event.FromServer].Load(), dirServer)
 		return nil
-	}, open, httpReqs, upgrades, rejected, upErrs, clientErrs, probes, untracked, frames, bytes, inspStopped)
+	}, open, httpReqs, upgrades, rejected, upErrs, clientErrs, probes, untracked, frames, bytes, inspStopped, unparsed)
 	b.errs = append(b.errs, err)
 	if stats == nil {
 		return errors.Join(b.errs...)
