@@ -157,7 +157,7 @@ func (d *decoder) socketIO(text bool, p []byte, truncated bool, yield func([]byt
 		if len(n) == 0 || len(rest) == 0 || rest[0] != '-' {
 			return false
 		}
-		b = append(append(b, `,"attachments":`...), n...)
+		b = append(append(b, `,"attachments":`...), jsonInt(n)...)
 		p = rest[1:]
 	}
 	nsp := []byte("/")
@@ -171,7 +171,7 @@ func (d *decoder) socketIO(text bool, p []byte, truncated bool, yield func([]byt
 	}
 	b = appendJSONString(append(b, `,"nsp":`...), nsp)
 	if id, rest := digits(p); len(id) > 0 {
-		b = append(append(b, `,"id":`...), id...)
+		b = append(append(b, `,"id":`...), jsonInt(id)...)
 		p = rest
 	}
 	if len(p) > 0 {
@@ -214,15 +214,15 @@ func (d *decoder) sockJS(dir event.Direction, p []byte, truncated bool, yield fu
 		return truncated
 	}
 	if p[0] == '"' {
-		_, ok := d.sockJSString(p, truncated, yield)
-		return ok
+		rest, ok := d.sockJSString(p, truncated, yield)
+		return ok && len(trimSpace(rest)) == 0
 	}
 	if p[0] != '[' {
 		return false
 	}
 	p = trimSpace(p[1:])
 	if len(p) > 0 && p[0] == ']' {
-		return true
+		return len(trimSpace(p[1:])) == 0
 	}
 	for len(p) > 0 {
 		rest, ok := d.sockJSString(p, truncated, yield)
@@ -282,25 +282,18 @@ func (d *decoder) centrifuge(dir event.Direction, p []byte, truncated bool, yiel
 			ok = false
 			continue
 		}
-		kind := ""
-		gjson.ParseBytes(line).ForEach(func(k, _ gjson.Result) bool {
-			if k.Str != "id" {
-				kind = k.Str
-				return false
-			}
-			return true
-		})
+		kind := centrifugeKind(line)
 		body := trimSpace(line[1:])
 		switch {
-		case kind != "":
+		case len(kind) > 0:
 		case len(body) > 0 && body[0] == '}' && dir == event.FromServer:
-			kind = "ping"
+			kind = []byte("ping")
 		case len(body) > 0 && body[0] == '}':
-			kind = "pong"
+			kind = []byte("pong")
 		default:
-			kind = "reply"
+			kind = []byte("reply")
 		}
-		b := appendJSONString(append(d.buf[:0], `{"type":`...), []byte(kind))
+		b := appendJSONString(append(d.buf[:0], `{"type":`...), kind)
 		if len(body) > 0 && body[0] != '}' {
 			b = append(b, ',')
 		}
@@ -309,6 +302,53 @@ func (d *decoder) centrifuge(dir event.Direction, p []byte, truncated bool, yiel
 		yield(b, cut)
 	}
 	return ok
+}
+
+// centrifugeKind is a Command's or Reply's first key but "id" (the method:
+// "connect", "push", ...), or nothing for a bare reply. The common shape,
+// plain keys and a numeric id, is read in place; anything else by gjson,
+// which copies the line.
+func centrifugeKind(obj []byte) []byte {
+	p := trimSpace(obj[1:])
+	if len(p) > 0 && p[0] == '}' {
+		return nil
+	}
+	for len(p) > 0 && p[0] == '"' {
+		end := bytes.IndexByte(p[1:], '"') + 1
+		if end == 0 || bytes.IndexByte(p[1:end], '\\') >= 0 {
+			break
+		}
+		key := p[1:end]
+		p = trimSpace(p[end+1:])
+		if len(p) == 0 || p[0] != ':' {
+			return nil
+		}
+		if string(key) != "id" {
+			return key
+		}
+		p = trimSpace(p[1:])
+		i := 0
+		for i < len(p) && (p[i] >= '0' && p[i] <= '9' || p[i] == '-' || p[i] == '.' || p[i] == 'e' || p[i] == 'E' || p[i] == '+') {
+			i++
+		}
+		if i == 0 {
+			break
+		}
+		p = trimSpace(p[i:])
+		if len(p) == 0 || p[0] != ',' {
+			return nil
+		}
+		p = trimSpace(p[1:])
+	}
+	var kind []byte
+	gjson.ParseBytes(obj).ForEach(func(k, _ gjson.Result) bool {
+		if k.Str != "id" {
+			kind = []byte(k.Str)
+			return false
+		}
+		return true
+	})
+	return kind
 }
 
 // jsonOK: p is valid JSON, or, cut short by the inspection bound, may be.
@@ -330,6 +370,15 @@ func digits(p []byte) (n, rest []byte) {
 		i++
 	}
 	return p[:i], p[i:]
+}
+
+// jsonInt writes digits as a JSON number: without leading zeros, which
+// Socket.IO's decoder (Number()) ignores and JSON forbids.
+func jsonInt(n []byte) []byte {
+	for len(n) > 1 && n[0] == '0' {
+		n = n[1:]
+	}
+	return n
 }
 
 func trimSpace(p []byte) []byte {

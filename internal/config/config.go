@@ -41,7 +41,7 @@ type Config struct {
 	ProbeTimeout      time.Duration `env:"PROBE_TIMEOUT" desc:"no Pong within this after a probe: the connection is dead and both sides are closed"`
 	SessionIDFrom     string        `env:"SESSION_ID_FROM" desc:"where a session id comes from, tried in order"`
 	BotIDFrom         string        `env:"BOT_ID_FROM" desc:"where a bot id comes from, tried in order"`
-	Preset            string        `env:"PRESET" desc:"the chat stack: seed, socketio, sockjs or centrifuge; sets how messages are decoded and the defaults of SESSION_ID_FROM, BOT_ID_FROM, PRESENCE_IGNORE, HANDOFF_START_MATCH and HANDOFF_END_MATCH (experimental: only seed is tested end to end so far)"`
+	Preset            string        `env:"PRESET" desc:"the chat stack: seed, socketio, sockjs or centrifuge; sets how messages are decoded and the defaults of SESSION_ID_FROM, BOT_ID_FROM, PRESENCE_IGNORE, HANDOFF_START_MATCH and HANDOFF_END_MATCH (see Presets)"`
 
 	// Presence
 	PresenceEnabled       bool          `env:"PRESENCE_ENABLED" desc:"monitor client presence (off: a pure proxy)"`

@@ -46,3 +46,23 @@ func TestREADMEVariableTableMatchesConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestREADMEPresetBlocksMatchPresets: the README's block for each preset
+// shows exactly the defaults it sets, in the order of the variable table.
+func TestREADMEPresetBlocksMatchPresets(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range Presets {
+		block := "```\nPRESET=" + p.Name +
+			"\nSESSION_ID_FROM=" + p.SessionIDFrom +
+			"\nBOT_ID_FROM=" + p.BotIDFrom +
+			"\nPRESENCE_IGNORE=" + p.PresenceIgnore +
+			"\nHANDOFF_START_MATCH=" + p.HandoffStartMatch +
+			"\nHANDOFF_END_MATCH=" + p.HandoffEndMatch + "\n```\n"
+		if !strings.Contains(string(readme), block) {
+			t.Errorf("README.md lacks preset %s's block, which must read:\n%s", p.Name, block)
+		}
+	}
+}
