@@ -2,6 +2,7 @@ package presence
 
 import (
 	"context"
+	"encoding/json"
 	"slices"
 	"strings"
 
@@ -18,6 +19,21 @@ type View struct {
 	// Replicas, in cluster mode, are the replicas holding the session's
 	// connections, with how many each holds.
 	Replicas map[string]int64 `json:"replicas,omitempty"`
+}
+
+// MarshalJSON writes the view with one name per field: Session.Conns, the
+// same number as Connections, is left out.
+func (v View) MarshalJSON() ([]byte, error) {
+	type session store.Session // the fields without this method
+	type view struct {
+		session
+		Connections int              `json:"connections"`
+		Settings    Settings         `json:"settings"`
+		Replicas    map[string]int64 `json:"replicas,omitempty"`
+		// Shallower than session's conns, so it wins the name; always 0, so never written.
+		Conns int `json:"conns,omitempty"`
+	}
+	return json.Marshal(view{session: session(v.Session), Connections: v.Connections, Settings: v.Settings, Replicas: v.Replicas})
 }
 
 func (e *Engine) viewLocked(s *sess) View {

@@ -22,9 +22,36 @@ func TestViewJSON(t *testing.T) {
 			t.Errorf("%s lacks %s", s, want)
 		}
 	}
+	if strings.Contains(s, `"conns"`) || strings.Contains(s, `"returnedAt"`) {
+		t.Errorf("%s: conns is connections' double; returnedAt before any return", s)
+	}
 	var back Settings
 	if err := json.Unmarshal([]byte(`{"enabled":true,"checkInterval":"3m","mode":"activity"}`), &back); err != nil ||
 		back.CheckInterval != 3*time.Minute || back.Mode != ModeActivity || !back.Enabled {
 		t.Fatalf("%+v %v", back, err)
+	}
+}
+
+// TestViewReturnedAt: a return is dated, in the view and in the store (it
+// survives a restart).
+func TestViewReturnedAt(t *testing.T) {
+	r := newRig(t, nil, nil, nil)
+	r.open(1, "s1", "bot")
+	r.close(1)
+	r.advance(interval)
+	back := r.clk.Now()
+	r.open(2, "s1", "bot")
+	if v := r.view("s1"); !v.ReturnedAt.Equal(back) || !v.AbsentAt.IsZero() {
+		t.Fatalf("view %+v, want returnedAt %v", v, back)
+	}
+	b, _ := json.Marshal(r.view("s1"))
+	if !strings.Contains(string(b), `"returnedAt":"`+back.UTC().Format(time.RFC3339Nano)+`"`) {
+		t.Fatalf("%s", b)
+	}
+	if err := r.e.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if s := r.stored("s1"); !s.ReturnedAt.Equal(back) {
+		t.Fatalf("stored %+v", s)
 	}
 }

@@ -29,13 +29,14 @@ func reasonCode(s string) uint8 {
 	return reasonNone
 }
 
-// sess is one session's state in memory, kept small (104 bytes): times are
+// sess is one session's state in memory, kept small (112 bytes, a size class): times are
 // Unix nanoseconds, 0 meaning none. Its shard's mutex guards every field.
 type sess struct {
 	id         string
 	bot        string // interned when the bot is known to the settings table
 	lastSeen   int64  // LastSeenAt: last presence (connection mode) or activity (activity mode)
 	absentAt   int64
+	returnedAt int64 // ReturnedAt: the last return from an absence
 	deadline   int64 // becomes absent at this time unless seen; 0: none
 	armedAt    int64 // at of this session's live heap entry; 0: none
 	episode    uint32
@@ -143,7 +144,7 @@ func (e *Engine) snapshot(s *sess, now int64) store.Session {
 		ID: s.id, BotID: s.bot, State: s.state, HandedOver: e.isHandedOver(s),
 		Episode: uint64(s.episode), ExpireSent: s.expireSent, Conns: int(s.conns),
 		LastSeenAt: fromUnixNano(s.lastSeen), AbsentAt: fromUnixNano(s.absentAt), Deadline: fromUnixNano(s.deadline),
-		Reason: reasonText[s.reason], UpdatedAt: fromUnixNano(now),
+		Reason: reasonText[s.reason], ReturnedAt: fromUnixNano(s.returnedAt), UpdatedAt: fromUnixNano(now),
 	}
 }
 

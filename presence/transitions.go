@@ -74,6 +74,7 @@ func (e *Engine) returnLocked(sh *shard, s *sess, set *Settings, now int64, c *c
 	s.state = store.Present
 	s.expireSent = false
 	s.absentAt = 0
+	s.returnedAt = now
 	s.reason = reasonNone
 	s.deadline = 0
 	if set.Mode == ModeActivity || s.conns == 0 {

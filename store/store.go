@@ -54,6 +54,7 @@ type Session struct {
 	AbsentAt   time.Time `json:"absentAt,omitzero"` // when the current absence was detected
 	Deadline   time.Time `json:"deadline,omitzero"` // becomes absent at this time unless seen; zero: none
 	Reason     string    `json:"reason,omitempty"`  // why the current absence: "disconnected" | "inactive"
+	ReturnedAt time.Time `json:"returnedAt,omitzero"` // when the client last came back from an absence
 	UpdatedAt  time.Time `json:"updatedAt"`
 }
 

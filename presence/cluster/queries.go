@@ -29,7 +29,7 @@ func (e *Engine) view(s redisstate.SessionState) presence.View {
 	return presence.View{
 		Session: store.Session{ID: s.ID, BotID: s.BotID, State: st, HandedOver: s.HandedOver, Episode: s.Episode,
 			ExpireSent: s.ExpireSent, Conns: int(s.Conns), LastSeenAt: s.LastSeenAt, AbsentAt: s.AbsentAt,
-			Deadline: s.Deadline, Reason: s.Reason, UpdatedAt: later(s.LastSeenAt, s.AbsentAt)},
+			Deadline: s.Deadline, Reason: s.Reason, ReturnedAt: s.ReturnedAt, UpdatedAt: later(s.LastSeenAt, s.AbsentAt)},
 		Connections: int(s.Conns), Settings: e.o.Bots.Settings(s.BotID), Replicas: s.Replicas,
 	}
 }

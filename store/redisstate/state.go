@@ -397,6 +397,7 @@ type SessionState struct {
 	AbsentAt   time.Time        `json:"absentAt,omitzero"` // when the current absence was decided
 	Deadline   time.Time        `json:"deadline,omitzero"`
 	Reason     string           `json:"reason,omitempty"`
+	ReturnedAt time.Time        `json:"returnedAt,omitzero"` // the last return from an absence
 }
 
 // Session reads sid's state; false when Redis has none.
@@ -416,7 +417,7 @@ func parseSession(sid string, m map[string]string) SessionState {
 	t := func(k string) time.Time { return msTime(i(k)) }
 	out := SessionState{ID: sid, BotID: m["bot"], Absent: m["st"] == "a", HandedOver: m["ho"] == "1",
 		Episode: uint64(i("ep")), ExpireSent: m["xs"] == "1", Conns: i("n"), LastSeenAt: t("seen"), AbsentAt: t("ab"),
-		Deadline: t("dl"), Reason: m["rs"]}
+		Deadline: t("dl"), Reason: m["rs"], ReturnedAt: t("rt")}
 	for k, v := range m {
 		if r, ok := strings.CutPrefix(k, "c:"); ok {
 			if out.Replicas == nil {

@@ -179,6 +179,9 @@ func TestReturnMessageFollowsItsExpire(t *testing.T) {
 		if sg := rc.open(t, s, "s", "B", ev); !sg.Returned || !sg.Queued || sg.Episode != 1 {
 			t.Fatalf("return: %+v", sg)
 		}
+		if v, _, err := s.Session(ctx, "s"); err != nil || v.ReturnedAt.IsZero() || v.Absent || !v.AbsentAt.IsZero() {
+			t.Fatalf("after the return: %+v, %v; want it dated", v, err)
+		}
 		first := claimAll(t, s, "d1", time.Minute)
 		if len(first) != 1 || first[0].Note.Kind != "client.offline" {
 			t.Fatalf("first lease: %+v, want the /expire alone", first)

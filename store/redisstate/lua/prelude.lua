@@ -106,7 +106,7 @@ local function back(p, h, sid, now, text)
     end
     return {0, ep, 0}
   end
-  redis.call('HSET', h, 'st', 'p', 'xs', 0, 'rs', '', 'dl', 0)
+  redis.call('HSET', h, 'st', 'p', 'xs', 0, 'rs', '', 'dl', 0, 'ab', 0, 'rt', now)
   redis.call('ZREM', p .. 'due', sid)
   if st[3] == '1' and st[4] == '1' then
     queue(p, sid, {id = note_id(sid, st[10] or '', ep, 'client.online'), kind = 'client.online', sid = sid,
