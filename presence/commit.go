@@ -263,8 +263,8 @@ func (e *Engine) recoverSessions() error {
 			id: st.ID, bot: e.bots.intern(st.BotID),
 			lastSeen: unixNano(st.LastSeenAt), absentAt: unixNano(st.AbsentAt), deadline: unixNano(st.Deadline),
 			returnedAt: unixNano(st.ReturnedAt),
-			episode: uint32(min(st.Episode, math.MaxUint32)),
-			state:   st.State, handedOver: st.HandedOver || e.detect.Always, expireSent: st.ExpireSent,
+			episode:    uint32(min(st.Episode, math.MaxUint32)),
+			state:      st.State, handedOver: st.HandedOver || e.detect.Always, expireSent: st.ExpireSent,
 			reason: reasonCode(st.Reason), shard: shardOf(st.ID),
 		}
 		set := e.bots.settings(s.bot)

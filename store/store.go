@@ -51,9 +51,9 @@ type Session struct {
 	ExpireSent bool      `json:"expireSent"` // an offline notification was queued for the current episode
 	Conns      int       `json:"conns"`      // live connections when last written: a hint for recovery
 	LastSeenAt time.Time `json:"lastSeenAt"`
-	AbsentAt   time.Time `json:"absentAt,omitzero"` // when the current absence was detected
-	Deadline   time.Time `json:"deadline,omitzero"` // becomes absent at this time unless seen; zero: none
-	Reason     string    `json:"reason,omitempty"`  // why the current absence: "disconnected" | "inactive"
+	AbsentAt   time.Time `json:"absentAt,omitzero"`   // when the current absence was detected
+	Deadline   time.Time `json:"deadline,omitzero"`   // becomes absent at this time unless seen; zero: none
+	Reason     string    `json:"reason,omitempty"`    // why the current absence: "disconnected" | "inactive"
 	ReturnedAt time.Time `json:"returnedAt,omitzero"` // when the client last came back from an absence
 	UpdatedAt  time.Time `json:"updatedAt"`
 }

@@ -24,6 +24,7 @@ type Server struct {
 	Metrics  http.Handler // /metrics
 	Status   http.Handler // / (the status page)
 	Session  http.Handler // /sessions/{id} (a session's timeline page, status.NewTimeline)
+	Assets   http.Handler // /assets/ (the pages' script, status.Assets)
 	// Ready gives /readyz's checks (package readiness).
 	Ready func() []readiness.Status
 
@@ -46,6 +47,9 @@ func (s *Server) Handler() http.Handler {
 	}
 	if s.Session != nil {
 		mux.Handle("GET /sessions/{id}", s.Session)
+	}
+	if s.Assets != nil {
+		mux.Handle("GET /assets/", s.Assets)
 	}
 	api := http.NewServeMux()
 	api.HandleFunc("GET /v1/sessions", s.sessions)

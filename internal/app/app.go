@@ -21,6 +21,7 @@ import (
 	"github.com/presence-sidecar/presence-sidecar/internal/admin"
 	"github.com/presence-sidecar/presence-sidecar/internal/admin/status"
 	"github.com/presence-sidecar/presence-sidecar/internal/config"
+	"github.com/presence-sidecar/presence-sidecar/internal/history"
 	"github.com/presence-sidecar/presence-sidecar/internal/readiness"
 	"github.com/presence-sidecar/presence-sidecar/internal/telemetry"
 	"github.com/presence-sidecar/presence-sidecar/presence"
@@ -73,6 +74,7 @@ type App struct {
 	presence admin.Presence // either mode's, for the admin listener
 	outbox   admin.Outbox
 	runners  []runner // the presence and delivery loops Serve runs
+	history  *history.Recorder
 	// /readyz's checks (readiness.go); platformCheck is nil with presence off.
 	upstreamCheck *readiness.Upstream
 	platformCheck *readiness.Platform
@@ -143,11 +145,13 @@ func Build(cfg config.Config, log *zap.Logger, tel *telemetry.Telemetry) (*App, 
 	if a.clusterEngine != nil {
 		a.admin.Cluster = a.clusterEngine
 	}
-	so := status.Options{Config: cfg}
+	a.buildHistory() // history.go
+	so := status.Options{Config: cfg, History: a.history.Last}
 	if a.presence != nil { // a nil pointer must not become a non-nil interface
 		so.Presence, so.Outbox = a.presence, a.outbox
 	}
 	a.admin.Status = status.New(so)
+	a.admin.Assets = status.Assets()
 	if a.presence != nil {
 		a.admin.Session = status.NewTimeline(cfg.AdminToken, a.presence)
 	}

@@ -25,6 +25,7 @@ func (a *App) buildTimeline() {
 func (a *App) observeDelivery(o handoff.Outcome) {
 	a.metrics.delivery(o)
 	a.observePlatform(o) // readiness.go
+	a.recordDelivery(o)  // history.go
 	e := timeline.Event{Notification: string(o.Kind), WebhookID: o.ID, Attempt: o.Attempts, Status: o.Status,
 		Error: o.Error, DurationMs: float64(o.Latency.Microseconds()) / 1000}
 	switch o.Result {

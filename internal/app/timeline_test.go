@@ -84,7 +84,7 @@ func TestSessionTimelineEmbedded(t *testing.T) {
 	}
 }
 
-func history(t *testing.T, s *stack, sid string) timeline.History {
+func eventsOf(t *testing.T, s *stack, sid string) timeline.History {
 	t.Helper()
 	code, body := adminGet(t, s, "/v1/sessions/"+sid+"/events", "tok")
 	var h timeline.History
@@ -114,12 +114,12 @@ func TestSessionTimelineSurvivesRestart(t *testing.T) {
 		s.echo(c, `{"text":"hi"}`)
 		s.close(c)
 		testutil.Eventually(t, waitTime, "the close in the timeline", func() bool {
-			before = history(t, s, "s1")
+			before = eventsOf(t, s, "s1")
 			return len(before.Events) == 3
 		})
 	})
 	s := startStack(t, newPlatform(t, nil), env)
-	after := history(t, s, "s1")
+	after := eventsOf(t, s, "s1")
 	if ids(after) != ids(before) || after.Kept != "memory+bbolt" {
 		t.Fatalf("after a restart (kept %s):\n%s\nbefore:\n%s", after.Kept, ids(after), ids(before))
 	}
@@ -141,7 +141,7 @@ func TestSessionTimelineSameFromTwoReplicas(t *testing.T) {
 	b.close(cb)
 	var ha, hb timeline.History
 	testutil.Eventually(t, waitTime, "both replicas' events on both", func() bool {
-		ha, hb = history(t, a, "s1"), history(t, b, "s1")
+		ha, hb = eventsOf(t, a, "s1"), eventsOf(t, b, "s1")
 		return len(ha.Events) == 6 && ids(ha) == ids(hb)
 	})
 	if ha.Kept != "memory+redis" || ha.Events[0].Replica == ha.Events[5].Replica {

@@ -1,9 +1,12 @@
 // Package status renders the operator's status page, served at / on the
 // admin listener: live sessions and their presence, hand-over and
-// connections; recent notifications and how their delivery went; the
-// effective settings. It is plain server-rendered HTML that reloads itself
-// (every 2 s by default; ?refresh=N changes it, ?refresh=0 stops it) and needs
-// no JavaScript.
+// connections; the last hour in charts; recent notifications and how their
+// delivery went; each bot's settings, editable; the effective configuration.
+// It is server-rendered HTML. A small script from the binary (Assets,
+// /assets/status.js) fetches the page again every 2 s by default (?refresh=N
+// changes it, ?refresh=0 stops it) and patches the live sections in place, so
+// an open section or a half-edited form stays as it is; without JavaScript
+// the page reloads itself instead, and only saving settings needs the script.
 //
 // When ADMIN_TOKEN is set the page shows live session ids, so it asks for the
 // token like /v1/ does: "Authorization: Bearer TOKEN", or HTTP Basic
@@ -14,11 +17,14 @@ package status
 
 import (
 	"cmp"
-	_ "embed"
+	"embed"
+	"encoding/hex"
 	"fmt"
 	"html/template"
 	"maps"
+	"math"
 	"net/http"
+	"net/url"
 	"reflect"
 	"slices"
 	"strconv"
@@ -27,6 +33,7 @@ import (
 
 	"github.com/presence-sidecar/presence-sidecar/internal/admin"
 	"github.com/presence-sidecar/presence-sidecar/internal/config"
+	"github.com/presence-sidecar/presence-sidecar/internal/history"
 	"github.com/presence-sidecar/presence-sidecar/presence"
 	"github.com/presence-sidecar/presence-sidecar/store"
 )
@@ -62,6 +69,9 @@ type Options struct {
 	// MaxSessions and MaxNotifications bound the tables (defaults 200 and 25).
 	MaxSessions      int
 	MaxNotifications int
+	// History is the last hour for the charts (history.Recorder.Last); nil:
+	// no charts.
+	History func() []history.Minute
 }
 
 // New builds the page handler from o.
@@ -100,6 +110,7 @@ var funcs = template.FuncMap{
 		}
 		return t.Format(time.RFC3339Nano)
 	},
+	"pathEscape": url.PathEscape,
 }
 
 func (p *page) authorized(r *http.Request) bool {
@@ -115,7 +126,7 @@ func (p *page) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("X-Frame-Options", "DENY")
-	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'none'; frame-ancestors 'none'")
+	h.Set("Content-Security-Policy", csp)
 	if !p.authorized(r) {
 		h.Set("WWW-Authenticate", `Basic realm="presence-sidecar status (password: ADMIN_TOKEN)", charset="UTF-8"`)
 		http.Error(w, "the status page needs ADMIN_TOKEN: Authorization: Bearer TOKEN, or Basic authentication with the token as the password", http.StatusUnauthorized)
@@ -138,6 +149,10 @@ func (p *page) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// csp lets the page run only its own script (Assets) and fetch only from
+// the admin listener: itself, and /v1/ to save settings.
+const csp = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src data:; form-action 'none'; frame-ancestors 'none'"
+
 // data is everything the template shows.
 type data struct {
 	Now        time.Time
@@ -154,6 +169,9 @@ type data struct {
 	RecentNotes   []noteRow
 	DeadNotes     []noteRow
 	Bots          []botRow
+	CanEdit       bool // ADMIN_TOKEN is set: the /v1/ API takes changes
+	AllowAny      bool // PRESENCE_ALLOW_ANY_INTERVAL: no 1–10 minute range
+	Charts        []chart
 	Settings      []settingRow
 	Errors        []string
 	Default       presence.Settings
@@ -171,6 +189,8 @@ type sessionRow struct {
 	Connections  int
 	LastSeen     time.Time
 	LastSeenAgo  string
+	ReturnedAt   time.Time
+	ReturnedAgo  string // set while present after a return
 	AbsentSince  time.Time
 	AbsentFor    string
 	Reason       string
@@ -198,9 +218,12 @@ type noteRow struct {
 }
 
 type botRow struct {
-	ID       string
-	Settings presence.Settings
-	Return   string
+	ID        string
+	Anchor    string // for element ids: the id in hex, stable across updates
+	Settings  presence.Settings
+	Interval  string // the interval as a duration, for the script
+	Minutes   string // the interval in minutes, as the form shows it
+	OwnReturn string // the bot's own return message; "" when it is the default's
 }
 
 type settingRow struct {
@@ -210,8 +233,12 @@ type settingRow struct {
 
 func (p *page) data(refresh time.Duration) data {
 	now := p.o.Now()
-	d := data{Now: now, Since: p.started, Refresh: int(refresh / time.Second), PresenceOn: p.o.Presence != nil}
 	c := p.o.Config
+	d := data{Now: now, Since: p.started, Refresh: int(refresh / time.Second), PresenceOn: p.o.Presence != nil,
+		CanEdit: c.AdminToken != "", AllowAny: c.PresenceAllowAny}
+	if p.o.History != nil {
+		d.Charts = charts(p.o.History())
+	}
 	d.Settings = settings(c)
 	d.Probe = "off"
 	if c.ProbeInterval > 0 {
@@ -278,6 +305,9 @@ func (p *page) data(refresh time.Duration) data {
 		if !v.LastSeenAt.IsZero() {
 			row.LastSeenAgo = ago(now.Sub(v.LastSeenAt))
 		}
+		if !row.Absent && !v.ReturnedAt.IsZero() {
+			row.ReturnedAt, row.ReturnedAgo = v.ReturnedAt, ago(now.Sub(v.ReturnedAt))
+		}
 		if row.Absent {
 			row.AbsentSince = v.AbsentAt
 			if !v.AbsentAt.IsZero() {
@@ -320,7 +350,12 @@ func (p *page) data(refresh time.Duration) data {
 	}
 	for _, id := range slices.Sorted(maps.Keys(bots)) {
 		s := p.o.Presence.BotSettings(id)
-		d.Bots = append(d.Bots, botRow{ID: id, Settings: s, Return: s.ReturnText()})
+		d.Bots = append(d.Bots, botRow{ID: id, Anchor: hex.EncodeToString([]byte(id)), Settings: s,
+			Interval: s.CheckInterval.String(), Minutes: strconv.FormatFloat(math.Round(s.CheckInterval.Minutes()*1000)/1000, 'f', -1, 64),
+			OwnReturn: s.ReturnMessage})
+		if s.ReturnMessage == d.Default.ReturnMessage {
+			d.Bots[len(d.Bots)-1].OwnReturn = "" // inherited: blank, the placeholder shows it
+		}
 	}
 	return d
 }
@@ -438,4 +473,18 @@ func sameDuration(a, b string) bool {
 	x, err1 := time.ParseDuration(a)
 	y, err2 := time.ParseDuration(b)
 	return err1 == nil && err2 == nil && x == y
+}
+
+//go:embed assets
+var assets embed.FS
+
+// Assets serves the page's script under /assets/: code only, no data, so
+// it needs no token.
+func Assets() http.Handler {
+	files := http.FileServerFS(assets)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.Header().Set("Cache-Control", "no-cache") // revalidated: a new binary's script is used at once
+		files.ServeHTTP(w, r)
+	})
 }

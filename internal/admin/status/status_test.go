@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/presence-sidecar/presence-sidecar/internal/config"
+	"github.com/presence-sidecar/presence-sidecar/internal/history"
 	"github.com/presence-sidecar/presence-sidecar/presence"
 	"github.com/presence-sidecar/presence-sidecar/store"
 )
@@ -83,7 +84,7 @@ func TestPresenceOff(t *testing.T) {
 		t.Errorf("Content-Type %q", ct)
 	}
 	mustContain(t, body, `id="presence-off"`, "Presence monitoring is off", "PRESENCE_ENABLED=false",
-		"UPSTREAM_URL", "http://127.0.0.1:3000", `<meta http-equiv="refresh" content="2">`)
+		"UPSTREAM_URL", "http://127.0.0.1:3000", `<noscript><meta http-equiv="refresh" content="2"></noscript>`)
 	if strings.Contains(body, `id="sessions"`) {
 		t.Error("a sessions table with presence off")
 	}
@@ -126,6 +127,7 @@ func TestSessionsAndNotifications(t *testing.T) {
 		{Session: store.Session{ID: "s-leaving", BotID: "bot-a", HandedOver: true, LastSeenAt: now.Add(-10 * time.Second),
 			Deadline: now.Add(110 * time.Second)}, Settings: def},
 		{Session: store.Session{ID: `<script>alert("x")</script>`, LastSeenAt: now}, Connections: 2, Settings: def},
+		{Session: store.Session{ID: "s-returned/1", BotID: "bot-b", Episode: 1, LastSeenAt: now, ReturnedAt: now.Add(-75 * time.Second)}, Connections: 1, Settings: def},
 	}}
 	cfg := loadConfig(t, "PRESENCE_ENABLED=true", "HANDOFF_URL=https://agent:pw@human.example/api",
 		"HANDOFF_TOKEN=tok-SECRET-1", "HANDOFF_SIGNING_SECRET=whsec_c2VjcmV0LWtleS1zZWNyZXQ=")
@@ -140,7 +142,9 @@ func TestSessionsAndNotifications(t *testing.T) {
 		"absent in 1m50s unless seen", // the deadline of s-leaving
 		"(30s ago), disconnected, /expire sent",
 		"2m30s ago", // s-absent last seen
-		`id="n-sessions">4<`, `id="n-absent">1<`, `id="n-handed">2<`,
+		`id="n-sessions">5<`, `id="n-absent">1<`, `id="n-handed">2<`,
+		"back at "+now.Add(-75*time.Second).Local().Format("15:04:05")+" (1m15s ago)", // s-returned/1
+		`href="/sessions/s-returned%2F1"`, `href="/sessions/s-absent"`,                // each session's timeline
 		`id="n-pending">1<`, `id="n-dead">1<`,
 		"3 <span class=\"small replicas\">on pod-a ×1, pod-b ×2</span>", // cluster mode: who holds the connections
 		// recent outcomes: delivered and dead-lettered; the outbox: retrying
@@ -218,21 +222,40 @@ func TestStoreErrorsShowButDoNotBreak(t *testing.T) {
 	mustContain(t, body, "State store trouble — outbox: disk on fire")
 }
 
+// TestRefresh: the script updates the page every ?refresh=N seconds
+// (data-refresh); without JavaScript the page reloads itself as often.
 func TestRefresh(t *testing.T) {
 	h := New(Options{Config: loadConfig(t)})
-	for q, want := range map[string]string{
-		"/":             `<meta http-equiv="refresh" content="2">`,
-		"/?refresh=5":   `<meta http-equiv="refresh" content="5">`,
-		"/?refresh=bad": `<meta http-equiv="refresh" content="2">`,
-	} {
+	for q, n := range map[string]string{"/": "2", "/?refresh=5": "5", "/?refresh=bad": "2"} {
 		_, body := get(t, h, q)
-		mustContain(t, body, want)
+		mustContain(t, body, `<noscript><meta http-equiv="refresh" content="`+n+`"></noscript>`,
+			`data-refresh="`+n+`"`, `<script src="/assets/status.js" defer></script>`, "updates every "+n+" s")
 	}
 	_, body := get(t, h, "/?refresh=0")
 	if strings.Contains(body, `http-equiv="refresh"`) {
 		t.Error("?refresh=0 still reloads")
 	}
-	mustContain(t, body, "not reloading")
+	mustContain(t, body, "not updating", `data-refresh="0"`)
+}
+
+// TestAssets: the script is served from the binary, and the page's CSP lets
+// it run and fetch from the admin listener only.
+func TestAssets(t *testing.T) {
+	resp, body := get(t, Assets(), "/assets/status.js")
+	if resp.StatusCode != http.StatusOK || !strings.Contains(resp.Header.Get("Content-Type"), "javascript") {
+		t.Fatalf("status %d, Content-Type %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	mustContain(t, body, "data-live", "/v1/bots/")
+	resp, _ = get(t, New(Options{Config: loadConfig(t)}), "/")
+	csp := resp.Header.Get("Content-Security-Policy")
+	for _, want := range []string{"default-src 'none'", "script-src 'self'", "connect-src 'self'"} {
+		if !strings.Contains(csp, want) {
+			t.Errorf("CSP %q lacks %s", csp, want)
+		}
+	}
+	if strings.Contains(csp, "unsafe-eval") || strings.Contains(csp, "script-src 'unsafe-inline'") {
+		t.Errorf("CSP %q lets other scripts run", csp)
+	}
 }
 
 func TestAdminTokenGuardsThePage(t *testing.T) {
@@ -277,4 +300,99 @@ func TestShort(t *testing.T) {
 			t.Errorf("short(%s) = %q, want %q", d, got, want)
 		}
 	}
+}
+
+// TestBotSettingsCards: one card per bot with its values, the interval in
+// minutes, the default return text as the placeholder; editable only with
+// ADMIN_TOKEN (the /v1/ API is off without it).
+func TestBotSettingsCards(t *testing.T) {
+	def := presence.Settings{Enabled: true, CheckInterval: 3 * time.Minute, Mode: presence.ModeActivity, ReturnMessage: "Voltei!"}
+	fp := &fakePresence{def: def, views: []presence.View{
+		{Session: store.Session{ID: "s1", BotID: "bot-a", LastSeenAt: now}, Settings: def},
+		{Session: store.Session{ID: "s2", BotID: `b"<x>`, LastSeenAt: now}, Settings: def},
+	}}
+	env := []string{"PRESENCE_ENABLED=true", "HANDOFF_URL=http://h"}
+	h := New(Options{Config: loadConfig(t, append(env, "ADMIN_TOKEN=tok")...), Presence: fp, Outbox: storeOutbox{store.NewMemory()}, Now: func() time.Time { return now }})
+	_, body := get(t, h, "/", "Authorization", "Bearer tok")
+	mustContain(t, body,
+		`<form class="bot" id="bot-626f742d61" data-live data-bot="bot-a" data-interval="3m0s" novalidate>`,
+		`name="checkInterval" value="3" min="1" max="10" step="1"`,
+		`<input type="checkbox" name="enabled" checked>`,
+		`<option value="activity" selected>`,
+		`placeholder="Voltei!"></textarea>`, // the default's text, inherited
+		`data-bot="b&#34;&lt;x&gt;"`,        // bot ids come from clients: escaped
+		`data-error-for="checkInterval"`, "Monitor client presence", "Save")
+	if strings.Contains(body, `id="settings-locked"`) || strings.Contains(body, " disabled>") {
+		t.Error("settings locked with ADMIN_TOKEN set")
+	}
+
+	h = New(Options{Config: loadConfig(t, append(env, "PRESENCE_ALLOW_ANY_INTERVAL=true")...), Presence: fp, Outbox: storeOutbox{store.NewMemory()}, Now: func() time.Time { return now }})
+	_, body = get(t, h, "/")
+	mustContain(t, body, `id="settings-locked"`, `<fieldset style="border:0;padding:0;margin:0" disabled>`, `min="0" step="any"`)
+
+	fp.def.ReturnMessage = ""
+	h = New(Options{Config: loadConfig(t, env...), Presence: &ownReturn{fp, "bot-a", "Já voltei"}, Outbox: storeOutbox{store.NewMemory()}, Now: func() time.Time { return now }})
+	_, body = get(t, h, "/")
+	mustContain(t, body, `placeholder="O cliente voltou a ficar online.">Já voltei</textarea>`)
+
+	fp.views, fp.def.CheckInterval = nil, 20*time.Second
+	_, body = get(t, h, "/")
+	mustContain(t, body, `id="bots-empty"`)
+}
+
+// TestCharts: the hour is drawn as inline SVG, one chart per figure, with
+// the latest minute in words and a tooltip per minute.
+func TestCharts(t *testing.T) {
+	hour := make([]history.Minute, history.Minutes)
+	for i := range hour {
+		hour[i] = history.Minute{Start: now.Add(time.Duration(i-59) * time.Minute), Sampled: i >= 30, Connections: int64(i), OutboxDepth: 2}
+	}
+	hour[58].Absences, hour[58].Returns = 3, 1
+	hour[58].Outcomes[history.Delivered], hour[58].Outcomes[history.Dead] = 4, 1
+	hour[58].P95 = 120 * time.Millisecond
+	hour[59].Connections = 7
+	h := New(Options{Config: loadConfig(t, "PRESENCE_ENABLED=true", "HANDOFF_URL=http://h"), Presence: &fakePresence{}, Outbox: storeOutbox{store.NewMemory()},
+		History: func() []history.Minute { return hour }})
+	_, body := get(t, h, "/")
+	mustContain(t, body, `id="charts" data-live`,
+		`id="chart-connections"`, "Open connections <span>· 7 now</span>",
+		`id="chart-transitions"`, "<title>1 min ago: 3 went absent, 1 came back</title>",
+		`id="chart-deliveries"`, "<title>1 min ago: 4 delivered, 1 dead-lettered</title>",
+		`id="chart-latency"`, "<title>1 min ago: 120ms</title>", "no delivery this minute",
+		`id="chart-outbox"`, "2 now")
+	if n := strings.Count(body, "<svg "); n != 5 {
+		t.Errorf("%d charts, want 5", n)
+	}
+	// Connections were sampled from minute 30 on: a line from there.
+	if n := strings.Count(body, `<circle`); n != 30+30+1 { // connections, outbox depth, one p95
+		t.Errorf("%d points", n)
+	}
+
+	_, body = get(t, New(Options{Config: loadConfig(t)}), "/")
+	if strings.Contains(body, "<svg") {
+		t.Error("charts without a history")
+	}
+}
+
+func TestScale(t *testing.T) {
+	for top, want := range map[float64]float64{0: 1, 0.3: 0.5, 1: 1, 3: 5, 7: 10, 12: 20, 150: 200, 999: 1000} {
+		s := series{values: []float64{top}, has: []bool{true}}
+		if got := scale(s); got != want {
+			t.Errorf("scale(%v) = %v, want %v", top, got, want)
+		}
+	}
+}
+
+// ownReturn gives one bot a return message of its own.
+type ownReturn struct {
+	*fakePresence
+	bot, text string
+}
+
+func (o *ownReturn) BotSettings(id string) presence.Settings {
+	s := o.def
+	if id == o.bot {
+		s.ReturnMessage = o.text
+	}
+	return s
 }
