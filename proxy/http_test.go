@@ -332,3 +332,45 @@ func TestOversizedHeadersGet431(t *testing.T) {
 		t.Errorf("status %s, want 431", resp.Status)
 	}
 }
+
+// TestUntrackedCountsOnlyWhatCouldBeChat: requests without a session id
+// count as untracked when they could be chat traffic (a bot named, or not
+// GET/HEAD/OPTIONS); a page, an asset or a health check does not. Every
+// request still reaches the observer.
+func TestUntrackedCountsOnlyWhatCouldBeChat(t *testing.T) {
+	up := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.Copy(io.Discard, r.Body) }))
+	tp := startProxy(t, up, nil)
+	for _, c := range []struct {
+		method, path, body string
+		counted            bool
+	}{
+		{"GET", "/", "", false},
+		{"GET", "/static/app.js", "", false},
+		{"HEAD", "/healthz", "", false},
+		{"OPTIONS", "/api", "", false},
+		{"GET", "/history?botId=b1", "", true},
+		{"POST", "/api/messages", `{"text":"oi"}`, true},
+		{"PUT", "/api/x", "", true},
+		{"POST", "/api/messages?sessionId=s1", `{"text":"oi"}`, false}, // tracked
+	} {
+		before := tp.p.Stats().Untracked.Load()
+		req, _ := http.NewRequest(c.method, tp.http(c.path), strings.NewReader(c.body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if got := tp.p.Stats().Untracked.Load() - before; got != map[bool]int64{true: 1, false: 0}[c.counted] {
+			t.Errorf("%s %s: untracked +%d, want counted %v", c.method, c.path, got, c.counted)
+		}
+	}
+	n := 0
+	for _, e := range tp.rec.snapshot() {
+		if isKind(evHTTP)(e) {
+			n++
+		}
+	}
+	if n != 8 {
+		t.Errorf("the observer got %d requests, want 8", n)
+	}
+}

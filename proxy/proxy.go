@@ -92,7 +92,7 @@ type Stats struct {
 	ProbeTimeouts  atomic.Int64
 	Frames         [2]atomic.Int64 // by event.Direction
 	Bytes          [2]atomic.Int64
-	Untracked      atomic.Int64 // connections and requests with no session id
+	Untracked      atomic.Int64 // connections, and requests that could be chat traffic (httpSeen), with no session id
 	// InspectionStopped, by event.Direction: connections whose compressed
 	// messages in that direction are no longer inspected (a message inflated
 	// past the bound, or could not be inflated, with context takeover).
@@ -192,8 +192,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// upstream's; the request's context carries it there.
 	ctx := r.Context()
 	var tap *bodyTap
+	safe := safeMethod(r.Method)
 	if r.Body != nil && r.Body != http.NoBody {
-		tap = &bodyTap{ReadCloser: r.Body, p: p, who: who, inspect: p.wantsBody(), limit: p.o.InspectBytes}
+		tap = &bodyTap{ReadCloser: r.Body, p: p, who: who, safe: safe, inspect: p.wantsBody(), limit: p.o.InspectBytes}
 		ctx = context.WithValue(ctx, bodyKey{}, tap)
 	}
 	r, span := p.startSpan(r, ctx, "proxy.http", who)
@@ -208,7 +209,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// does not pass Close on: the request is reported at the latest here.
 		defer tap.reportOnce()
 	} else {
-		p.httpSeen(who, nil, tp)
+		p.httpSeen(who, nil, tp, safe)
 	}
 	p.rp.ServeHTTP(w, r)
 }
@@ -281,8 +282,11 @@ func (p *Proxy) wantsBody() bool {
 	return !nop && (p.o.InspectClient || p.o.SessionFrom.has(fromBody) || p.o.BotFrom.has(fromBody))
 }
 
-// httpSeen reports a plain request once its ids are known.
-func (p *Proxy) httpSeen(who event.Identity, body []byte, trace string) {
+// httpSeen reports a plain request once its ids are known. A request
+// without a session id counts as untracked only when it could be chat
+// traffic: it names a bot, or its method is not a safe one (RFC 9110
+// §9.2.1). Pages, scripts and health checks are not a session missed.
+func (p *Proxy) httpSeen(who event.Identity, body []byte, trace string, safe bool) {
 	if body != nil {
 		if who.SessionID == "" {
 			who.SessionID = p.o.SessionFrom.fromJSON(fromBody, body)
@@ -291,7 +295,7 @@ func (p *Proxy) httpSeen(who event.Identity, body []byte, trace string) {
 			who.BotID = p.o.BotFrom.fromJSON(fromBody, body)
 		}
 	}
-	if who.SessionID == "" {
+	if who.SessionID == "" && (who.BotID != "" || !safe) {
 		p.stats.Untracked.Add(1)
 	}
 	p.obs.HTTPRequest(event.Request{Who: who, Body: body, Trace: trace})
@@ -307,6 +311,7 @@ type bodyTap struct {
 	io.ReadCloser
 	p       *Proxy
 	who     event.Identity
+	safe    bool // GET, HEAD or OPTIONS (httpSeen)
 	trace   string
 	inspect bool
 	limit   int
@@ -376,7 +381,7 @@ func (b *bodyTap) reportOnce() {
 	if body == nil {
 		body = []byte{}
 	}
-	b.p.httpSeen(b.who, body, b.trace)
+	b.p.httpSeen(b.who, body, b.trace, b.safe)
 }
 
 func (p *Proxy) badGateway(w http.ResponseWriter, r *http.Request, err error) {
@@ -451,4 +456,9 @@ func rewrite(pr *httputil.ProxyRequest, target *url.URL) {
 	// client's; with no tracer recording, the client's own traceparent (or
 	// a new one when it sent none).
 	tracectx.Propagator.Inject(pr.Out.Context(), propagation.HeaderCarrier(pr.Out.Header))
+}
+
+// safeMethod: GET, HEAD and OPTIONS only read (RFC 9110 §9.2.1).
+func safeMethod(m string) bool {
+	return m == http.MethodGet || m == http.MethodHead || m == http.MethodOptions
 }

@@ -125,7 +125,7 @@ func (x *metrics) observe(m metric.MeterProvider, p *proxy.Proxy, stats func() p
 	unparsed := counter(mUnparsed, "{message}", "Messages, by direction (client, server), that PRESET's framing could not decode: passed on untouched, and not looked at for ids, rules or activity.")
 	clientErrs := counter(mClientErrors, "{request}", "Requests that failed through the client's own fault (a malformed request body, a client gone mid-body), answered 4xx.")
 	probes := counter(mProbeTimeouts, "{connection}", "Connections closed because the client stopped answering the liveness probe.")
-	untracked := counter(mUntracked, "{request}", "Connections (counted when they end) and plain requests without a session id.")
+	untracked := counter(mUntracked, "{request}", "Connections (counted when they end) without a session id, and plain requests without one that name a bot or are not GET, HEAD or OPTIONS.")
 	frames := counter(mFrames, "{frame}", "WebSocket frames relayed, by direction (client, server).")
 	bytes := counter(mBytes, "By", "WebSocket bytes relayed, by direction (client, server).")
 	_, err := meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
