@@ -109,24 +109,43 @@ presence-sidecar demo is running (Ctrl-C stops it).
 
 Presence: mode %s, a handed-over client is absent after %s without presence; probe every %s.
 
-Try it:
-  1. Open the WebChat, type anything: the bot answers over the socket.
-  2. Type "human" (or "atendente"): the bot hands the conversation over to a person.
-  3. Copy the page's "reopen" link, then close the tab.
-  4. Wait %s: the agent console shows  POST /expire?offline=true  for that session.
-  5. Open the reopen link (same ?session=; Ctrl+Shift+T usually works too):
-     the console shows  POST /message  "%s".
-  Each tab is its own session (its id lives in the tab's sessionStorage);
-  ?session=ID opens an existing one, e.g. in a second tab.
-  Watch the status page: the session goes present → absent → present.
-
+%s
 `, s.WebChatURL, s.ConsoleURL, status, c.AdminToken, c.PresenceMode, c.PresenceCheckInterval, c.ProbeInterval,
-		c.PresenceCheckInterval, returnText(c.PresenceReturnMessage))
+		steps(c.PresenceMode, c.PresenceCheckInterval, returnText(c.PresenceReturnMessage)))
 	if err := s.Wait(); err != nil {
 		fmt.Fprintf(stderr, "demo: %v\n", err)
 		return 1
 	}
 	return 0
+}
+
+// steps is what to try, for the mode: in connection mode a client leaves by
+// closing its tab; in activity mode by staying silent (the page's
+// keep_alive does not count), and it comes back by typing.
+func steps(mode string, interval time.Duration, text string) string {
+	if strings.EqualFold(mode, string(presence.ModeActivity)) {
+		return fmt.Sprintf(`Try it (activity mode: presence is what the client does, not an open socket):
+  1. Open the WebChat, type anything: the bot answers over the socket.
+  2. Type "human" (or "atendente"): the bot hands the conversation over to a person.
+  3. Leave the tab open and type nothing for %s (the page's keep_alive is not
+     activity): the agent console shows  POST /expire?offline=true  reason inactive.
+  4. Type something in the same tab: the console shows  POST /message  "%s".
+  Closing the tab is an absence too, decided %s after the last activity.
+  Watch the status page: the session goes present → absent → present.
+`, interval, text, interval)
+	}
+	return fmt.Sprintf(`Try it:
+  1. Open the WebChat, type anything: the bot answers over the socket.
+  2. Type "human" (or "atendente"): the bot hands the conversation over to a person.
+  3. Copy the page's "reopen" link, then close the tab.
+  4. Wait %s: the agent console shows  POST /expire?offline=true  for that session.
+  5. Open the reopen link (same ?session=; Ctrl+Shift+T usually works too):
+     the console shows  POST /message  "%s", and the page shows the conversation
+     where it stopped.
+  Each tab is its own session (its id lives in the tab's sessionStorage);
+  ?session=ID opens an existing one, e.g. in a second tab.
+  Watch the status page: the session goes present → absent → present.
+`, interval, text)
 }
 
 // runOnly serves the demo conversation service or the agent console alone

@@ -1,7 +1,8 @@
 // The demo WebChat: the seed platform's client in a few lines. It opens the
 // socket on the host that served this page (so, through the sidecar), links
 // it to the session, sends keep_alive, posts user messages over HTTP and
-// shows what the bot says over the socket.
+// shows what the bot says over the socket. The transcript is kept per
+// session in localStorage, so a reopened conversation shows where it stopped.
 (function () {
   'use strict';
   var body = document.body;
@@ -34,13 +35,28 @@
     linked: 0, keepAlives: 0, received: [], handedOver: false, closes: []
   };
 
-  function show(kind, text) {
+  // The transcript, per session and bounded: the last maxKept lines.
+  var maxKept = 200;
+  var transcriptKey = 'demo.transcript.' + sessionId;
+  var transcript = [];
+  try { transcript = JSON.parse(localStorage.getItem(transcriptKey) || '[]'); } catch (e) { transcript = []; }
+  if (!Array.isArray(transcript)) transcript = [];
+
+  function append(kind, text, restored) {
     var li = document.createElement('li');
-    li.className = kind;
+    li.className = kind + (restored ? ' restored' : '');
     li.textContent = text;
     $('messages').appendChild(li);
     li.scrollIntoView({ block: 'end' });
   }
+  function show(kind, text) {
+    append(kind, text, false);
+    transcript.push({ kind: kind, text: text });
+    if (transcript.length > maxKept) transcript = transcript.slice(-maxKept);
+    try { localStorage.setItem(transcriptKey, JSON.stringify(transcript)); } catch (e) { /* full or off: the page still works */ }
+  }
+  transcript.forEach(function (m) { append(m.kind, m.text, true); });
+  demo.restored = transcript.length;
   function setState(s, label) {
     demo.state = s;
     var el = $('status');
