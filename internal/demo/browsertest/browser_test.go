@@ -27,7 +27,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 
@@ -578,17 +577,7 @@ func TestBrowserStatusPageShowsStateChange(t *testing.T) {
 	other := openChat(t, s, "web-2b81d0") // a session the bot still handles
 	other.say("oi")
 
-	st := newTab(t)
-	auth := "Bearer " + s.Config.AdminToken
-	ctx, cancel := context.WithTimeout(st.ctx, 10*time.Second)
-	if _, err := chromedp.Call(ctx, network.Enable, network.EnableParams{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := chromedp.Call(ctx, network.SetExtraHTTPHeaders, network.SetExtraHTTPHeadersParams{Headers: network.Headers{"Authorization": auth}}); err != nil {
-		t.Fatal(err)
-	}
-	cancel()
-	st.do("opening the status page", chromedp.Navigate(s.StatusURL+"/?refresh=1"))
+	st := adminTab(t, s, "/?refresh=1")
 	row := func(state string) string {
 		return fmt.Sprintf(`document.querySelector('tr[data-session=%q][data-state=%q]') !== null`, session, state)
 	}

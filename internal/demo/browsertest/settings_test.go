@@ -18,8 +18,9 @@ import (
 	"github.com/presence-sidecar/presence-sidecar/store"
 )
 
-// statusTab opens the status page as an operator with ADMIN_TOKEN.
-func statusTab(t *testing.T, s *demo.Stack, query string) *tab {
+// adminTab opens path on the admin listener as an operator with ADMIN_TOKEN
+// (sent with every request of the tab, the page's own fetches too).
+func adminTab(t *testing.T, s *demo.Stack, path string) *tab {
 	t.Helper()
 	st := newTab(t)
 	ctx, cancel := context.WithTimeout(st.ctx, 10*time.Second)
@@ -31,7 +32,7 @@ func statusTab(t *testing.T, s *demo.Stack, query string) *tab {
 		Headers: network.Headers{"Authorization": "Bearer " + s.Config.AdminToken}}); err != nil {
 		t.Fatal(err)
 	}
-	st.do("opening the status page", chromedp.Navigate(s.StatusURL+"/"+query))
+	st.do("opening "+path, chromedp.Navigate(s.StatusURL+path))
 	return st
 }
 
@@ -50,7 +51,7 @@ func TestBrowserSettingsScreen(t *testing.T) {
 	chat := openChat(t, s, session)
 	handOver(t, s, chat, session)
 
-	st := statusTab(t, s, "?refresh=1")
+	st := adminTab(t, s, "/?refresh=1")
 	cardSel := fmt.Sprintf(`form.bot[data-bot=%q]`, demo.DefaultBotID)
 	card := "document.querySelector('" + cardSel + "')"
 	st.waitJS("the bot's settings card", card+` !== null`, 10*time.Second)

@@ -1,7 +1,6 @@
 package browsertest
 
 import (
-	"context"
 	"fmt"
 	"net/url"
 	"path/filepath"
@@ -9,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 
 	"github.com/presence-sidecar/presence-sidecar/store"
@@ -30,16 +28,7 @@ func TestBrowserSessionTimeline(t *testing.T) {
 	chat.close()
 	off := waitNote(t, s, store.KindOffline, session, interval+8*time.Second)
 
-	tl := newTab(t)
-	ctx, cancel := context.WithTimeout(tl.ctx, 10*time.Second)
-	if _, err := chromedp.Call(ctx, network.Enable, network.EnableParams{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := chromedp.Call(ctx, network.SetExtraHTTPHeaders, network.SetExtraHTTPHeadersParams{
-		Headers: network.Headers{"Authorization": "Bearer " + s.Config.AdminToken}}); err != nil {
-		t.Fatal(err)
-	}
-	cancel()
+	tl := adminTab(t, s, "/sessions/"+url.PathEscape(session))
 	want := []string{"conn.opened", "handoff.started", "conn.closed", "absent", "notification.queued", "notification.delivered"}
 	var kinds []string
 	deadline := time.Now().Add(10 * time.Second)
