@@ -18,6 +18,7 @@ command -v losetup >/dev/null || [ -x /usr/sbin/losetup ] || need+=(mount)
 command -v mkfs.ext4 >/dev/null || [ -x /usr/sbin/mkfs.ext4 ] || need+=(e2fsprogs)
 [ -x /usr/bin/redis-server ] || need+=(redis-server) # cluster mode: a real server, a real Redis Cluster
 [ -x /usr/bin/redis-sentinel ] || need+=(redis-sentinel)
+[ -x /usr/bin/promtool ] || need+=(prometheus) # e2e/dashboard_test.go: promtool checks deploy/prometheus's rules
 # e2e/frameworks_test.go: the chat frameworks' own servers and clients (npm).
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)

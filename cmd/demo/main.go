@@ -37,6 +37,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/presence-sidecar/presence-sidecar/internal/config"
 	"github.com/presence-sidecar/presence-sidecar/internal/demo"
 	"github.com/presence-sidecar/presence-sidecar/presence"
 )
@@ -93,6 +94,7 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		return 1
 	}
 	c := s.Config
+	bot := demoBot(c)
 	status := s.StatusURL + "/"
 	if c.AdminToken != "" {
 		if u, err := url.Parse(status); err == nil {
@@ -107,11 +109,11 @@ presence-sidecar demo is running (Ctrl-C stops it).
   Agent console                  %s/
   Sidecar status page            %s   (any user, password %q = ADMIN_TOKEN)
 
-Presence: mode %s, a handed-over client is absent after %s without presence; probe every %s.
+Presence (bot %s): mode %s, a handed-over client is absent after %s without presence; probe every %s.
 
 %s
-`, s.WebChatURL, s.ConsoleURL, status, c.AdminToken, c.PresenceMode, c.PresenceCheckInterval, c.ProbeInterval,
-		steps(c.PresenceMode, c.PresenceCheckInterval, returnText(c.PresenceReturnMessage)))
+`, s.WebChatURL, s.ConsoleURL, status, c.AdminToken, demo.DefaultBotID, bot.Mode, bot.CheckInterval, c.ProbeInterval,
+		steps(bot))
 	if err := s.Wait(); err != nil {
 		fmt.Fprintf(stderr, "demo: %v\n", err)
 		return 1
@@ -119,33 +121,61 @@ Presence: mode %s, a handed-over client is absent after %s without presence; pro
 	return 0
 }
 
+// demoBot is the settings of the bot the WebChat page uses: the
+// environment's, or PRESENCE_BOTS_FILE's entry for it (the sidecar has
+// already refused a bad file, so an error here keeps the defaults).
+func demoBot(c config.Config) presence.Settings {
+	def := c.PresenceDefaults()
+	if def.Mode == "" { // an explicitly empty PRESENCE_MODE
+		def.Mode = presence.ModeConnection
+	}
+	bots, err := c.PresenceBots()
+	if err != nil {
+		return def
+	}
+	o, ok := bots[demo.DefaultBotID]
+	if !ok {
+		return def
+	}
+	if s, err := presence.Resolve(def, o, c.PresenceAllowAny); err == nil {
+		return s
+	}
+	return def
+}
+
 // steps is what to try, for the mode: in connection mode a client leaves by
 // closing its tab; in activity mode by staying silent (the page's
 // keep_alive does not count), and it comes back by typing.
-func steps(mode string, interval time.Duration, text string) string {
-	if strings.EqualFold(mode, string(presence.ModeActivity)) {
+func steps(s presence.Settings) string {
+	interval, text := s.CheckInterval, s.ReturnText()
+	off := ""
+	if !s.Enabled {
+		off = "  Presence is off for bot " + demo.DefaultBotID + " (PRESENCE_BOTS_FILE): nothing is sent to the console.\n"
+	}
+	if strings.EqualFold(string(s.Mode), string(presence.ModeActivity)) {
 		return fmt.Sprintf(`Try it (activity mode: presence is what the client does, not an open socket):
-  1. Open the WebChat, type anything: the bot answers over the socket.
+%s  1. Open the WebChat, type anything: the bot answers over the socket.
   2. Type "human" (or "atendente"): the bot hands the conversation over to a person.
   3. Leave the tab open and type nothing for %s (the page's keep_alive is not
      activity): the agent console shows  POST /expire?offline=true  reason inactive.
-  4. Type something in the same tab: the console shows  POST /message  "%s".
+  4. Type something in the same tab:
+     the console shows  POST /message  "%s".
   Closing the tab is an absence too, decided %s after the last activity.
   Watch the status page: the session goes present → absent → present.
-`, interval, text, interval)
+`, off, interval, text, interval)
 	}
 	return fmt.Sprintf(`Try it:
-  1. Open the WebChat, type anything: the bot answers over the socket.
+%s  1. Open the WebChat, type anything: the bot answers over the socket.
   2. Type "human" (or "atendente"): the bot hands the conversation over to a person.
   3. Copy the page's "reopen" link, then close the tab.
   4. Wait %s: the agent console shows  POST /expire?offline=true  for that session.
   5. Open the reopen link (same ?session=; Ctrl+Shift+T usually works too):
-     the console shows  POST /message  "%s", and the page shows the conversation
-     where it stopped.
+     the console shows  POST /message  "%s",
+     and the page shows the conversation where it stopped.
   Each tab is its own session (its id lives in the tab's sessionStorage);
   ?session=ID opens an existing one, e.g. in a second tab.
   Watch the status page: the session goes present → absent → present.
-`, interval, text)
+`, off, interval, text)
 }
 
 // runOnly serves the demo conversation service or the agent console alone
@@ -211,5 +241,3 @@ func lookup(environ []string, key string) string {
 func has(environ []string, key string) bool {
 	return slices.ContainsFunc(environ, func(kv string) bool { return strings.HasPrefix(kv, key+"=") })
 }
-
-func returnText(s string) string { return presence.Settings{ReturnMessage: s}.ReturnText() }
