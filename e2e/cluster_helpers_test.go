@@ -167,20 +167,32 @@ func takeoverCount(t *testing.T, sc *sidecar, kind string) float64 {
 	return metricSum(t, sc, "presence_sidecar_takeovers_total", `kind="`+kind+`"`)
 }
 
-// metricSum reads a metric with label (name="value") from sc's /metrics
-// (Prometheus text), summed over any other labels.
-func metricSum(t *testing.T, sc *sidecar, metric, label string) float64 {
+// metricLines is one scrape of sc's /metrics (Prometheus text), by line.
+func metricLines(t *testing.T, sc *sidecar) []string {
 	t.Helper()
 	resp, err := http.Get("http://" + sc.admin + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	var lines []string
 	s := bufio.NewScanner(resp.Body)
 	s.Buffer(make([]byte, 1<<20), 1<<20)
-	sum, found := 0.0, false
 	for s.Scan() {
-		line := s.Text()
+		lines = append(lines, s.Text())
+	}
+	if err := s.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return lines
+}
+
+// metricSum reads a metric with label (name="value") from sc's /metrics
+// (Prometheus text), summed over any other labels.
+func metricSum(t *testing.T, sc *sidecar, metric, label string) float64 {
+	t.Helper()
+	sum, found := 0.0, false
+	for _, line := range metricLines(t, sc) {
 		if !strings.HasPrefix(line, metric+"{") || !strings.Contains(line, label) {
 			continue
 		}

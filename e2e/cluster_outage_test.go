@@ -13,7 +13,6 @@ package e2e
 
 import (
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"strconv"
@@ -180,14 +179,8 @@ func roConnects(t *testing.T, sc *sidecar, prefix string, n int) []time.Duration
 // (presence_sidecar_redis_call_duration_seconds_count{outcome="error"}).
 func roFailedCalls(t *testing.T, sc *sidecar) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + sc.admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
 	sum := 0.0
-	for _, line := range strings.Split(string(body), "\n") {
+	for _, line := range metricLines(t, sc) {
 		if strings.HasPrefix(line, "presence_sidecar_redis_call_duration_seconds_count{") && strings.Contains(line, `outcome="error"`) {
 			if i := strings.LastIndexByte(line, ' '); i > 0 {
 				v, _ := strconv.ParseFloat(line[i+1:], 64)

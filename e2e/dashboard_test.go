@@ -6,10 +6,8 @@ package e2e
 // imports as it is; promtool accepts the rules and passes their unit tests.
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -148,16 +146,8 @@ func readRules(t *testing.T) ruleFile {
 // name, and a histogram's _bucket, _sum and _count from its TYPE line.
 func exported(t *testing.T, sc *sidecar) map[string]bool {
 	t.Helper()
-	resp, err := http.Get("http://" + sc.admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
 	out := map[string]bool{}
-	s := bufio.NewScanner(resp.Body)
-	s.Buffer(make([]byte, 1<<20), 1<<20)
-	for s.Scan() {
-		line := s.Text()
+	for _, line := range metricLines(t, sc) {
 		if rest, ok := strings.CutPrefix(line, "# TYPE "); ok {
 			if name, typ, _ := strings.Cut(rest, " "); typ == "histogram" {
 				for _, sfx := range []string{"_bucket", "_sum", "_count"} {
@@ -172,9 +162,6 @@ func exported(t *testing.T, sc *sidecar) map[string]bool {
 		if i := strings.IndexAny(line, "{ "); i > 0 {
 			out[line[:i]] = true
 		}
-	}
-	if err := s.Err(); err != nil {
-		t.Fatal(err)
 	}
 	return out
 }

@@ -286,15 +286,8 @@ func (p *peer) echo(t *testing.T, text string) {
 // metric reads one unlabelled sample from the sidecar's /metrics.
 func metric(t *testing.T, sc *sidecar, name string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + sc.admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc2 := bufio.NewScanner(resp.Body)
-	sc2.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc2.Scan() {
-		if v, ok := strings.CutPrefix(sc2.Text(), name+" "); ok {
+	for _, line := range metricLines(t, sc) {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil {
 				t.Fatalf("metric %s: %v", name, err)

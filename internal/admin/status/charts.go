@@ -51,7 +51,7 @@ func charts(h []history.Minute) []chart {
 		p95[i], hasP95[i] = m.P95.Seconds()*1000, m.P95 > 0
 	}
 	last := h[n-1]
-	out := []chart{
+	return []chart{
 		lineChart("chart-connections", "Open connections", fmt.Sprintf("%d now", last.Connections), integer,
 			series{blue, "open WebSocket connections", conns, sampled}),
 		barChart("chart-transitions", "Absences and returns per minute",
@@ -65,7 +65,6 @@ func charts(h []history.Minute) []chart {
 		lineChart("chart-outbox", "Outbox depth", depthNow(last), integer,
 			series{red, "notifications not delivered yet", depth, depthKnown}),
 	}
-	return out
 }
 
 func latencyNow(d time.Duration) string {
@@ -101,12 +100,11 @@ func frame(b *strings.Builder, title string, top float64, label func(float64) st
 	fmt.Fprintf(b, `<text x="%d" y="12" font-size="10" text-anchor="end" fill="#667">%s</text>`, x0-4, label(top))
 	fmt.Fprintf(b, `<text x="%d" y="%d" font-size="10" text-anchor="end" fill="#667">0</text>`, x0-4, y0)
 	for _, t := range []struct {
-		at   float64
-		text string
-	}{{0, "−60 min"}, {0.5, "−30 min"}, {1, "now"}} {
-		anchor := map[float64]string{0: "start", 0.5: "middle", 1: "end"}[t.at]
+		at           float64
+		anchor, text string
+	}{{0, "start", "−60 min"}, {0.5, "middle", "−30 min"}, {1, "end", "now"}} {
 		fmt.Fprintf(b, `<text x="%.1f" y="%d" font-size="10" text-anchor="%s" fill="#667">%s</text>`,
-			float64(x0)+t.at*float64(chartW-2-x0), chartH-3, anchor, t.text)
+			float64(x0)+t.at*float64(chartW-2-x0), chartH-3, t.anchor, t.text)
 	}
 }
 

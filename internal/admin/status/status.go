@@ -350,12 +350,13 @@ func (p *page) data(refresh time.Duration) data {
 	}
 	for _, id := range slices.Sorted(maps.Keys(bots)) {
 		s := p.o.Presence.BotSettings(id)
+		own := s.ReturnMessage
+		if own == d.Default.ReturnMessage {
+			own = "" // inherited: blank, the placeholder shows it
+		}
 		d.Bots = append(d.Bots, botRow{ID: id, Anchor: hex.EncodeToString([]byte(id)), Settings: s,
 			Interval: s.CheckInterval.String(), Minutes: strconv.FormatFloat(math.Round(s.CheckInterval.Minutes()*1000)/1000, 'f', -1, 64),
-			OwnReturn: s.ReturnMessage})
-		if s.ReturnMessage == d.Default.ReturnMessage {
-			d.Bots[len(d.Bots)-1].OwnReturn = "" // inherited: blank, the placeholder shows it
-		}
+			OwnReturn: own})
 	}
 	return d
 }
