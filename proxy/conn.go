@@ -3,6 +3,7 @@ package proxy
 import (
 	"net"
 	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -31,9 +32,10 @@ import (
 type wsConn struct {
 	p        *Proxy
 	id       event.ConnID
-	client   net.Conn
-	upstream net.Conn
+	client   peer
+	upstream peer
 	tapped   bool // the upgrade is a WebSocket: frames are parsed
+	looped   bool // an event loop relays it (evloop_linux.go); set before it is shared
 
 	// who and idTries belong to the client pump (identify); closeAndReport
 	// reads who once both pumps stopped.
@@ -47,9 +49,17 @@ type wsConn struct {
 	probe        probeState
 
 	shutdown shutdownState
+	ending   connEnding
 
-	clientToUpstream, upstreamToClient direction
-	ending                             connEnding
+	socks loopSocks // the sockets when looped
+}
+
+// peer is what the relay needs of a socket: a net.Conn in the goroutine
+// relay, a loopSock in the event loop.
+type peer interface {
+	Write(b []byte) (int, error)
+	Close() error
+	SetReadDeadline(t time.Time) error
 }
 
 // connEnding records how the connection ends. It is atomic: any goroutine
@@ -118,14 +128,26 @@ func (c *wsConn) run(clientBuffered, upstreamBuffered []byte, trace string) {
 		c.startProbe()
 	}
 
+	c.ending.pumpsRunning.Store(2)
+	if c.looped {
+		c.startLoop(clientBuffered, upstreamBuffered)
+		return
+	}
 	// Each direction runs on its own goroutine; whichever stops last closes
 	// up. No goroutine waits for the other (one parked stack less per
 	// connection).
-	c.ending.pumpsRunning.Store(2)
-	c.clientToUpstream = direction{src: c.client, dst: c.upstream, relay: c.relayFromClient, srcGone: event.CloseClientGone, dstGone: event.CloseUpstreamGone}
-	c.upstreamToClient = direction{src: c.upstream, dst: c.client, relay: c.relayFromUpstream, srcGone: event.CloseUpstreamGone, dstGone: event.CloseClientGone}
-	go c.pump(&c.upstreamToClient, upstreamBuffered)
-	c.pump(&c.clientToUpstream, clientBuffered)
+	up, down := c.direction(true), c.direction(false)
+	go c.pump(&down, upstreamBuffered)
+	c.pump(&up, clientBuffered)
+}
+
+// direction describes one way of c: from the client to the upstream when
+// fromClient, else back.
+func (c *wsConn) direction(fromClient bool) direction {
+	if fromClient {
+		return direction{src: c.client, dst: c.upstream, relay: c.relayFromClient, srcGone: event.CloseClientGone, dstGone: event.CloseUpstreamGone}
+	}
+	return direction{src: c.upstream, dst: c.client, relay: c.relayFromUpstream, srcGone: event.CloseUpstreamGone, dstGone: event.CloseClientGone}
 }
 
 // pumpStopped is called by each direction once it stopped relaying; the
@@ -144,8 +166,7 @@ func (c *wsConn) closeAndReport() {
 	if c.probe.timer != nil {
 		c.probe.timer.Stop()
 	}
-	c.client.Close()
-	c.upstream.Close()
+	c.closeSockets()
 	c.fromClient.parser.Release()
 	c.fromUpstream.parser.Release()
 	p.connsMu.Lock()

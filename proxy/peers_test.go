@@ -95,6 +95,9 @@ func startProxy(t *testing.T, upstream string, mod func(*Options)) *testProxy {
 		BotFrom:      mustSources(t, "query:botId,frame:data.botId,body:botId"),
 		Observer:     rec,
 	}
+	// PROXY_TEST_RELAY=goroutines runs the suite on the goroutine relay
+	// (scripts/test.sh runs it both ways).
+	o.GoroutineRelay = os.Getenv("PROXY_TEST_RELAY") == "goroutines"
 	if mod != nil {
 		mod(&o)
 	}

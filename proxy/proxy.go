@@ -59,6 +59,10 @@ type Options struct {
 	// upstream. nil: no spans, and the client's traceparent (or a new one)
 	// is passed on.
 	Tracer trace.TracerProvider
+	// GoroutineRelay relays every WebSocket with two goroutines (pump.go),
+	// as on platforms without epoll and for TLS upstreams, instead of the
+	// event loop (evloop_linux.go). For comparison and tests.
+	GoroutineRelay bool
 }
 
 // Proxy is an http.Handler that forwards everything to one upstream.

@@ -14,7 +14,7 @@ const linger = 10 * time.Second
 
 // direction is one direction of a connection: what a pump needs to relay it.
 type direction struct {
-	src, dst         net.Conn
+	src, dst         peer
 	relay            func(buf []byte, n int) error // relayFromClient or relayFromUpstream (relay.go)
 	srcGone, dstGone event.CloseReason             // the close reason when src, or dst, fails
 	reader           *socketReader
@@ -33,7 +33,7 @@ func (c *wsConn) pump(d *direction, buffered []byte) {
 			return
 		}
 	}
-	d.reader = newSocketReader(d.src)
+	d.reader = newSocketReader(d.src.(net.Conn))
 	c.pumpLoop(d)
 }
 

@@ -139,6 +139,9 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request, span trace.
 	fromUpstream := takeBuffered(br)
 
 	c := p.newWSConn(client, up, who, resp.Header["Sec-Websocket-Extensions"], isWebSocket(upgrade))
+	if !p.o.GoroutineRelay {
+		c.adoptSockets() // the event loop when it can take them (evloop_linux.go), else the pumps
+	}
 	tp := p.traceOf(r)
 	if span.IsRecording() {
 		span.SetAttributes(semconv.HTTPResponseStatusCode(http.StatusSwitchingProtocols), tracectx.AttrConnID.Int64(int64(c.id)))

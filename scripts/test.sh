@@ -50,6 +50,9 @@ if [ -n "$gofmt_out" ]; then
 fi
 go vet ./...
 go test -race -count=1 -timeout 14m "$@" ./...
+# The proxy's suite once more on the goroutine relay, which TLS upstreams
+# and non-Linux builds use (docs/ARCHITECTURE.md, "Memory per connection").
+PROXY_TEST_RELAY=goroutines go test -race -count=1 "$@" ./proxy
 # The soak's short run (about 40 s; README, Tests): prints its figures, fails on growth or a wrong count.
 go run ./cmd/soak
 # Cluster mode's load test, short run (about 45 s; README, Tests): three replicas on one Redis,
