@@ -2,13 +2,10 @@ package harness
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"net"
-	"os"
+	"net/http"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,19 +23,6 @@ func linkFrame(session string) []byte {
 	return fmt.Appendf(nil, `{"action":"link","data":{"sessionId":%q,"botId":"bench-bot"}}`, session)
 }
 
-// echoMessage is a size-byte JSON text message shaped like the seed's.
-func echoMessage(session string, size int) []byte {
-	head := fmt.Sprintf(`{"action":"message","data":{"sessionId":%q,"text":"`, session)
-	tail := `"}}`
-	pad := size - len(head) - len(tail)
-	if pad < 0 {
-		// Long session ids: keep the size exact; the text shrinks to fit.
-		head = `{"action":"message","data":{"text":"`
-		pad = size - len(head) - len(tail)
-	}
-	return []byte(head + strings.Repeat("x", pad) + tail)
-}
-
 var idleDialer = websocket.Dialer{
 	HandshakeTimeout: ioTimeout,
 	ReadBufferSize:   256,
@@ -51,32 +35,47 @@ var idleDialer = websocket.Dialer{
 // the connection is proxied end to end and, for the presence candidate,
 // tracked.
 func dialLinked(ctx context.Context, d *websocket.Dialer, url, session string) (*websocket.Conn, error) {
+	c, _, err := dial(ctx, d, url)
+	if err != nil {
+		return nil, err
+	}
+	if err := link(c, session); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// dial opens a WebSocket and returns the handshake's response headers.
+func dial(ctx context.Context, d *websocket.Dialer, url string) (*websocket.Conn, http.Header, error) {
 	c, resp, err := d.DialContext(ctx, url, nil)
 	if err != nil {
 		if resp != nil {
-			return nil, fmt.Errorf("dial %s: %w (HTTP %s)", url, err, resp.Status)
+			return nil, nil, fmt.Errorf("dial %s: %w (HTTP %s)", url, err, resp.Status)
 		}
-		return nil, fmt.Errorf("dial %s: %w", url, err)
+		return nil, nil, fmt.Errorf("dial %s: %w", url, err)
 	}
-	link := linkFrame(session)
+	return c, resp.Header, nil
+}
+
+// link sends the link frame and waits for its echo.
+func link(c *websocket.Conn, session string) error {
+	msg := linkFrame(session)
 	c.SetWriteDeadline(time.Now().Add(ioTimeout))
-	if err := c.WriteMessage(websocket.TextMessage, link); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("sending link: %w", err)
+	if err := c.WriteMessage(websocket.TextMessage, msg); err != nil {
+		return fmt.Errorf("sending link: %w", err)
 	}
 	c.SetReadDeadline(time.Now().Add(ioTimeout))
 	_, got, err := c.ReadMessage()
 	if err != nil {
-		c.Close()
-		return nil, fmt.Errorf("reading the link's echo: %w", err)
+		return fmt.Errorf("reading the link's echo: %w", err)
 	}
-	if string(got) != string(link) {
-		c.Close()
-		return nil, fmt.Errorf("the link's echo differs: %q", got)
+	if string(got) != string(msg) {
+		return fmt.Errorf("the link's echo differs: %q", got)
 	}
 	c.SetReadDeadline(time.Time{})
 	c.SetWriteDeadline(time.Time{})
-	return c, nil
+	return nil
 }
 
 // warmUp checks the whole path with one connection before the memory baseline.
@@ -133,121 +132,6 @@ func closeAll(conns []*websocket.Conn) {
 	for _, c := range conns {
 		c.NetConn().Close()
 	}
-}
-
-type echoResult struct {
-	msgs     int
-	perSec   float64
-	p50, p99 time.Duration
-	max      time.Duration
-	cpu      float64
-	foreign  float64
-}
-
-// runEcho runs cfg.Clients closed-loop clients: send a message, wait for its
-// echo, again, for Warmup+Duration. Round trips that start inside the
-// measured window count.
-func runEcho(ctx context.Context, p *proxyProc, up *upstreamProc, tag string, cfg Config) (echoResult, error) {
-	var res echoResult
-	d := websocket.Dialer{HandshakeTimeout: ioTimeout, ReadBufferSize: 4096, WriteBufferSize: 4096}
-	conns := make([]*websocket.Conn, cfg.Clients)
-	defer func() {
-		for _, c := range conns {
-			if c != nil {
-				c.NetConn().Close()
-			}
-		}
-	}()
-	for i := range conns {
-		c, err := dialLinked(ctx, &d, p.url(), fmt.Sprintf("bench-%s-echo-%d", tag, i))
-		if err != nil {
-			return res, fmt.Errorf("echo client %d: %w", i+1, err)
-		}
-		conns[i] = c
-	}
-
-	start := time.Now()
-	from := start.Add(cfg.Warmup)
-	until := from.Add(cfg.Duration)
-	lat := make([][]time.Duration, len(conns))
-	errs := make([]error, len(conns))
-	var wg sync.WaitGroup
-	for i, c := range conns {
-		lat[i] = make([]time.Duration, 0, 1<<14)
-		wg.Go(func() {
-			msg := echoMessage(fmt.Sprintf("bench-%s-echo-%d", tag, i), cfg.MsgSize)
-			for ctx.Err() == nil {
-				t0 := time.Now()
-				if !t0.Before(until) {
-					return
-				}
-				c.SetWriteDeadline(t0.Add(ioTimeout))
-				c.SetReadDeadline(t0.Add(ioTimeout))
-				if err := c.WriteMessage(websocket.TextMessage, msg); err != nil {
-					errs[i] = fmt.Errorf("echo client %d: write: %w", i+1, err)
-					return
-				}
-				_, r, err := c.NextReader()
-				if err != nil {
-					errs[i] = fmt.Errorf("echo client %d: read: %w", i+1, err)
-					return
-				}
-				n, err := io.Copy(io.Discard, r)
-				if err != nil {
-					errs[i] = fmt.Errorf("echo client %d: read: %w", i+1, err)
-					return
-				}
-				if n != int64(len(msg)) {
-					errs[i] = fmt.Errorf("echo client %d: echo of %d bytes, sent %d", i+1, n, len(msg))
-					return
-				}
-				if !t0.Before(from) {
-					lat[i] = append(lat[i], time.Since(t0))
-				}
-			}
-		})
-	}
-
-	// CPU over the measured window: the proxy's, and that of everything on
-	// the machine that is not this benchmark (noise).
-	cpuDone := make(chan [2]float64, 1)
-	go func() {
-		time.Sleep(time.Until(from))
-		ours := func() int64 { return procTicks(append(p.pids(), os.Getpid(), up.cmd.Process.Pid)...) }
-		t0, p0, o0, m0 := time.Now(), p.cpuTicks(), ours(), machineBusyTicks()
-		time.Sleep(time.Until(until))
-		secs := time.Since(t0).Seconds()
-		proxy := float64(p.cpuTicks()-p0) / clockTicks / secs
-		foreign := float64((machineBusyTicks()-m0)-(ours()-o0)) / clockTicks / secs
-		cpuDone <- [2]float64{proxy, max(foreign, 0)}
-	}()
-	wg.Wait()
-	cpus := <-cpuDone
-	res.cpu, res.foreign = cpus[0], cpus[1]
-	if err := errors.Join(errs...); err != nil {
-		return res, err
-	}
-	if err := ctx.Err(); err != nil {
-		return res, err
-	}
-
-	all := slices.Concat(lat...)
-	if len(all) == 0 {
-		return res, errors.New("no echo completed in the measured window")
-	}
-	slices.Sort(all)
-	res.msgs = len(all)
-	res.perSec = float64(len(all)) / cfg.Duration.Seconds()
-	res.p50 = percentile(all, 0.50)
-	res.p99 = percentile(all, 0.99)
-	res.max = all[len(all)-1]
-	return res, nil
-}
-
-// percentile of a sorted sample (nearest rank).
-func percentile(sorted []time.Duration, q float64) time.Duration {
-	i := int(q*float64(len(sorted))+0.5) - 1
-	return sorted[max(0, min(i, len(sorted)-1))]
 }
 
 // holdIdle keeps the idle connections open for d, reading them so that the

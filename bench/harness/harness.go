@@ -4,11 +4,13 @@
 //
 // For every candidate and every repetition it starts a fresh proxy process,
 // opens Config.Idle idle WebSocket connections through it and reads the
-// proxy's resident memory before and after (bytes per idle connection), then
-// runs Config.Clients closed-loop clients echoing Config.MsgSize-byte text
-// messages for Config.Duration (round trips per second, p50 and p99 latency,
-// proxy CPU). Repetitions are interleaved so that drift on the machine hits
-// every candidate alike, and the report quotes medians with min–max.
+// proxy's resident memory before and after (bytes per idle connection), then,
+// for each of Config.Workloads (message size, permessage-deflate or not),
+// runs Config.Clients closed-loop clients echoing text messages for
+// Config.Duration (round trips per second, p50 and p99 latency, proxy CPU),
+// then measures handshakes per second, each a new session. Repetitions are
+// interleaved so that drift on the machine hits every candidate alike, and
+// the report quotes medians with min–max.
 package harness
 
 import (
@@ -50,10 +52,10 @@ var labels = map[string]string{
 type Config struct {
 	Idle       int           // N: idle connections per candidate
 	Clients    int           // M: concurrent echo clients
-	Duration   time.Duration // D: measured echo time
+	Duration   time.Duration // D: measured echo time, per workload
 	Warmup     time.Duration // echo time before the measurement starts; <0: none, 0: min(D/10, 1s)
 	Reps       int           // R: repetitions of every candidate, interleaved
-	MsgSize    int           // bytes per echoed message
+	Workloads  []Workload    // echo workloads, each measured in every run; empty: DefaultWorkloads
 	Only       []string      // candidates to run; empty: all
 	RepoDir    string        // root of the presence-sidecar module; empty: found upwards from the working directory
 	SidecarBin string        // a prebuilt presence-sidecar binary; empty: built from RepoDir
@@ -74,7 +76,7 @@ func (c *Config) defaults() error {
 		c.Clients = 50
 	}
 	if c.Duration <= 0 {
-		c.Duration = 5 * time.Second
+		c.Duration = 3 * time.Second
 	}
 	if c.Warmup == 0 {
 		c.Warmup = min(c.Duration/10, time.Second)
@@ -84,11 +86,13 @@ func (c *Config) defaults() error {
 	if c.Reps <= 0 {
 		c.Reps = 3
 	}
-	if c.MsgSize <= 0 {
-		c.MsgSize = 128
+	if len(c.Workloads) == 0 {
+		c.Workloads = DefaultWorkloads
 	}
-	if c.MsgSize < 64 {
-		return fmt.Errorf("message size %d: want at least 64 bytes (it carries a JSON envelope)", c.MsgSize)
+	for _, w := range c.Workloads {
+		if w.Size < minMsgSize {
+			return fmt.Errorf("message size %d: want at least %d bytes (it carries a JSON envelope)", w.Size, minMsgSize)
+		}
 	}
 	if len(c.Only) == 0 {
 		c.Only = AllCandidates
@@ -119,14 +123,9 @@ type Sample struct {
 	RSSBefore, RSSAfter int64   // proxy resident memory, bytes, before and after the idle connections
 	MemPerConn          float64 // (RSSAfter-RSSBefore)/Idle, bytes
 	MemPerConnHeld      float64 // the same after holding them Config.Hold
-	Msgs                int     // round trips in the measured window
-	MsgsPerSec          float64
-	P50, P99            time.Duration
-	Max                 time.Duration // slowest round trip
-	CPU                 float64       // proxy CPU during the measured window, in cores (1 = one core busy)
-	Foreign             float64       // CPU used meanwhile by everything that is not this benchmark, in cores: noise
-	HandshakesPerSec    float64       // new connections (each a new session) per second
-	CPUPerHandshake     float64       // proxy CPU per handshake, seconds
+	Echo                []Echo  // one per Config.Workloads, in that order
+	HandshakesPerSec    float64 // new connections (each a new session) per second
+	CPUPerHandshake     float64 // proxy CPU per handshake, seconds
 }
 
 // Result is one candidate's samples.
@@ -232,15 +231,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				return nil, fmt.Errorf("%s, repetition %d: %w", res.Name, i+1, err)
 			}
 			res.Samples = append(res.Samples, s)
-			mem := "—"
-			if res.Proxy {
-				mem = fmt.Sprintf("%.1f KiB/conn (RSS %.1f→%.1f MiB)", s.MemPerConn/1024, float64(s.RSSBefore)/(1<<20), float64(s.RSSAfter)/(1<<20))
-				if cfg.Hold > 0 {
-					mem += fmt.Sprintf(", %.1f KiB/conn after %s", s.MemPerConnHeld/1024, cfg.Hold)
-				}
-			}
-			fmt.Fprintf(r.log, "[%d/%d] %-17s %s, %.0f msgs/s, p50 %s, p99 %s, max %s, proxy CPU %.2f, other load %.2f cores, %.0f handshakes/s\n",
-				i+1, cfg.Reps, res.Name, mem, s.MsgsPerSec, fmtDur(s.P50), fmtDur(s.P99), fmtDur(s.Max), s.CPU, s.Foreign, s.HandshakesPerSec)
+			logSample(r.log, i, cfg, res, s)
 		}
 	}
 	if cfg.Diag {
@@ -322,17 +313,20 @@ func (r *runner) runOnce(ctx context.Context, name string, rep int) (Sample, err
 		return s, p.failed(err)
 	}
 
-	// Echo: throughput, latency, CPU.
-	e, err := runEcho(ctx, p, r.upstream, tag, r.cfg)
-	if err != nil {
-		return s, p.failed(err)
-	}
-	s.Msgs, s.MsgsPerSec, s.P50, s.P99, s.Max, s.CPU, s.Foreign = e.msgs, e.perSec, e.p50, e.p99, e.max, e.cpu, e.foreign
-	if err := r.upstream.waitIdle(ctx, 10*time.Second); err != nil {
-		return s, p.failed(err)
+	// Echo, each workload in turn on fresh connections: throughput,
+	// latency, CPU.
+	for _, w := range r.cfg.Workloads {
+		e, err := runEcho(ctx, p, r.upstream, tag, r.cfg, w)
+		if err != nil {
+			return s, p.failed(fmt.Errorf("echo %s: %w", w, err))
+		}
+		s.Echo = append(s.Echo, e)
+		if err := r.upstream.waitIdle(ctx, 10*time.Second); err != nil {
+			return s, p.failed(err)
+		}
 	}
 	// Handshakes: new connections per second, each a new session.
-	if s.HandshakesPerSec, s.CPUPerHandshake, err = runHandshakes(ctx, p, tag, min(r.cfg.Duration, 2*time.Second)); err != nil {
+	if s.HandshakesPerSec, s.CPUPerHandshake, err = runHandshakes(ctx, p, tag, handshakeTime(r.cfg)); err != nil {
 		return s, p.failed(err)
 	}
 	if err := p.stop(); err != nil {
@@ -340,6 +334,10 @@ func (r *runner) runOnce(ctx context.Context, name string, rep int) (Sample, err
 	}
 	return s, nil
 }
+
+// handshakeTime is how long the handshake rate is measured: long enough for
+// thousands of handshakes, short enough not to fill the presence store.
+func handshakeTime(c Config) time.Duration { return min(c.Duration, 2*time.Second) }
 
 // raiseFileLimit lifts RLIMIT_NOFILE for this process and, by inheritance,
 // for the upstream, nginx and the sidecar.
@@ -395,6 +393,22 @@ func modulePath(gomod string) string {
 		}
 	}
 	return ""
+}
+
+// logSample prints one run's figures as progress.
+func logSample(log io.Writer, i int, cfg Config, res *Result, s Sample) {
+	mem := "no proxy"
+	if res.Proxy {
+		mem = fmt.Sprintf("%.1f KiB/conn (RSS %.1f→%.1f MiB)", s.MemPerConn/1024, float64(s.RSSBefore)/(1<<20), float64(s.RSSAfter)/(1<<20))
+		if cfg.Hold > 0 {
+			mem += fmt.Sprintf(", %.1f KiB/conn after %s", s.MemPerConnHeld/1024, cfg.Hold)
+		}
+	}
+	fmt.Fprintf(log, "[%d/%d] %-17s %s, %.0f handshakes/s\n", i+1, cfg.Reps, res.Name, mem, s.HandshakesPerSec)
+	for k, e := range s.Echo {
+		fmt.Fprintf(log, "      %-17s %-15s %.0f msgs/s, p50 %s, p99 %s, max %s, proxy CPU %.2f, other load %.2f cores\n",
+			"", cfg.Workloads[k].String()+":", e.MsgsPerSec, fmtDur(e.P50), fmtDur(e.P99), fmtDur(e.Max), e.CPU, e.Foreign)
+	}
 }
 
 func fmtDur(d time.Duration) string {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"debug/buildinfo"
 	"errors"
 	"fmt"
 	"io"
@@ -411,19 +412,24 @@ func nginxVersion(bin string) string {
 // sidecarBinary builds cmd/presence-sidecar from the repository, unless a
 // binary was given; it also names the revision under test.
 func sidecarBinary(ctx context.Context, cfg Config, tmp string, log interface{ Write([]byte) (int, error) }) (bin, rev string, err error) {
+	if cfg.SidecarBin != "" {
+		// The working tree may have moved on since the binary was built:
+		// name what the binary says, or what -repo was said to be.
+		if rev = binaryRev(cfg.SidecarBin); rev == "" && cfg.RepoDir != "" {
+			rev = gitRev(cfg.RepoDir) + " (per -repo; the binary carries no revision)"
+		} else if rev == "" {
+			rev = "prebuilt, revision unknown"
+		}
+		return cfg.SidecarBin, rev, nil
+	}
 	repo := cfg.RepoDir
-	if repo == "" && cfg.SidecarBin == "" {
+	if repo == "" {
 		wd, _ := os.Getwd()
 		if repo, err = FindRepo(wd); err != nil {
 			return "", "", err
 		}
 	}
-	if repo != "" {
-		rev = gitRev(repo)
-	}
-	if cfg.SidecarBin != "" {
-		return cfg.SidecarBin, rev, nil
-	}
+	rev = gitRev(repo)
 	bin = filepath.Join(tmp, "presence-sidecar")
 	fmt.Fprintf(log, "building presence-sidecar from %s …\n", repo)
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/presence-sidecar")
@@ -432,6 +438,30 @@ func sidecarBinary(ctx context.Context, cfg Config, tmp string, log interface{ W
 		return "", "", fmt.Errorf("go build ./cmd/presence-sidecar in %s: %w\n%s", repo, err, out)
 	}
 	return bin, rev, nil
+}
+
+// binaryRev is the VCS revision Go stamped into a binary (none when it was
+// built with -buildvcs=false), "+dirty" if the tree was modified.
+func binaryRev(bin string) string {
+	bi, err := buildinfo.ReadFile(bin)
+	if err != nil {
+		return ""
+	}
+	var rev, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value[:min(7, len(s.Value))]
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "+dirty"
+			}
+		}
+	}
+	if rev == "" {
+		return ""
+	}
+	return rev + dirty
 }
 
 func gitRev(repo string) string {

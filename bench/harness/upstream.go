@@ -32,8 +32,10 @@ func MaybeRunChild() {
 }
 
 // runUpstream is the child: a gorilla/websocket echo server on a loopback
-// port it prints on stdout. It exits when its stdin closes (the parent died
-// or is done). GET /_stats answers the number of open WebSockets.
+// port it prints on stdout. It accepts permessage-deflate when offered
+// (gorilla/websocket: no context takeover either way). It exits when its
+// stdin closes (the parent died or is done). GET /_stats answers the number
+// of open WebSockets.
 func runUpstream() int {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -42,10 +44,13 @@ func runUpstream() int {
 	}
 	var open atomic.Int64
 	up := websocket.Upgrader{
-		ReadBufferSize:  1024,
-		WriteBufferSize: 1024,
-		WriteBufferPool: &sync.Pool{},
-		CheckOrigin:     func(*http.Request) bool { return true },
+		ReadBufferSize: 1024,
+		// Pooled, so held only while a message is written: room for a
+		// 4 KiB message in one frame, as a server usually sends it.
+		WriteBufferSize:   8192,
+		WriteBufferPool:   &sync.Pool{},
+		EnableCompression: true, // only when the client offers it
+		CheckOrigin:       func(*http.Request) bool { return true },
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/_stats", func(w http.ResponseWriter, r *http.Request) {
