@@ -36,11 +36,10 @@ type wsConn struct {
 	upstream peer
 	tapped   bool // the upgrade is a WebSocket: frames are parsed
 	looped   bool // an event loop relays it (evloop_linux.go); set before it is shared
-
 	// who and idTries belong to the client pump (identify); closeAndReport
 	// reads who once both pumps stopped.
+	idTries uint8
 	who     event.Identity
-	idTries int
 
 	fromClient   clientTap
 	fromUpstream upstreamTap

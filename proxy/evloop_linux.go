@@ -40,8 +40,14 @@ const (
 	eventfdSlot = ^uint32(0)
 )
 
-// loopSocks is the event-loop part of a wsConn: its two sockets, inline.
-type loopSocks [2]loopSock
+// loopSocks is the event-loop part of a wsConn, inline: its loop, its two
+// sockets and the linger timer (pump.go: one socket's reads at a time are
+// bounded by it).
+type loopSocks struct {
+	loop   *eventLoop
+	linger *time.Timer
+	s      [2]loopSock
+}
 
 const (
 	clientSide   = 0
@@ -51,7 +57,6 @@ const (
 // loopSock is one socket owned by an event loop. It implements peer.
 type loopSock struct {
 	c    *wsConn
-	l    *eventLoop
 	fd   int32
 	side uint8
 	slot uint32
@@ -64,14 +69,13 @@ type loopSock struct {
 	wantShutWr bool    // CloseWrite once pending is drained
 
 	// loop only
-	done     bool        // this socket's direction stopped reading
-	readable bool        // data may wait (edge-triggered: no new event will tell)
-	ended    bool        // the peer's FIN (or an error) was reported: read until 0
-	deadline *time.Timer // the linger bound of this socket's reads (SetReadDeadline)
+	done     bool // this socket's direction stopped reading
+	readable bool // data may wait (edge-triggered: no new event will tell)
+	ended    bool // the peer's FIN (or an error) was reported: read until 0
 }
 
 // peerSock is the other socket of the connection.
-func (s *loopSock) peerSock() *loopSock { return &s.c.socks[1-s.side] }
+func (s *loopSock) peerSock() *loopSock { return &s.c.socks.s[1-s.side] }
 
 // Write writes b now as far as the kernel takes it and keeps the rest for
 // the loop's flush: it never blocks.
@@ -181,7 +185,7 @@ func (s *loopSock) Close() error {
 		unix.Shutdown(int(s.fd), unix.SHUT_RDWR)
 	}
 	s.mu.Unlock()
-	s.l.post(loopTask{kind: taskStop, c: s.c})
+	s.c.socks.loop.post(loopTask{kind: taskStop, c: s.c})
 	return nil
 }
 
@@ -189,36 +193,34 @@ func (s *loopSock) Close() error {
 // side ended, pump.go): when t passes, its direction ends as a timed-out
 // read would.
 func (s *loopSock) SetReadDeadline(t time.Time) error {
-	if s.deadline != nil {
-		s.deadline.Stop()
+	ls := &s.c.socks
+	if ls.linger != nil {
+		ls.linger.Stop()
 	}
 	if t.IsZero() {
 		return nil
 	}
-	s.deadline = time.AfterFunc(time.Until(t), func() { s.l.post(loopTask{kind: taskDeadline, c: s.c, side: s.side}) })
+	side := s.side
+	ls.linger = time.AfterFunc(time.Until(t), func() { ls.loop.post(loopTask{kind: taskDeadline, c: s.c, side: side}) })
 	return nil
 }
 
 // release removes the socket from its loop and closes the descriptor; the
 // loop calls it once both directions stopped.
 func (s *loopSock) release() {
-	if s.deadline != nil {
-		s.deadline.Stop()
-		s.deadline = nil
-	}
 	s.mu.Lock()
 	if !s.closed {
 		s.closed = true
 		// EPOLL_CTL_DEL before close: the registration belongs to the open
 		// file, which a dup elsewhere could keep alive (epoll(7), Q6).
-		unix.EpollCtl(s.l.epfd, unix.EPOLL_CTL_DEL, int(s.fd), nil)
+		unix.EpollCtl(s.c.socks.loop.epfd, unix.EPOLL_CTL_DEL, int(s.fd), nil)
 		unix.Close(int(s.fd))
 		if s.pending != nil {
 			s.putPendingLocked()
 		}
 	}
 	s.mu.Unlock()
-	s.l.freeSlot(s.slot)
+	s.c.socks.loop.freeSlot(s.slot)
 }
 
 // loopTask is work posted to a loop from another goroutine.
@@ -232,7 +234,7 @@ type loopTask struct {
 const (
 	taskRegister = iota // take over c's sockets
 	taskStop            // c was killed: end both directions
-	taskDeadline        // the read deadline of c.socks[side] passed
+	taskDeadline        // the read deadline of c.socks.s[side] passed
 )
 
 // eventLoop is one epoll loop and the sockets it owns.
@@ -331,9 +333,10 @@ func (c *wsConn) adoptSockets() bool {
 	c.client.Close()
 	c.upstream.Close()
 	l := ls[uint64(c.id)%uint64(len(ls))]
-	c.socks[clientSide] = loopSock{c: c, l: l, fd: int32(cfd), side: clientSide}
-	c.socks[upstreamSide] = loopSock{c: c, l: l, fd: int32(ufd), side: upstreamSide}
-	c.client, c.upstream = &c.socks[clientSide], &c.socks[upstreamSide]
+	c.socks.loop = l
+	c.socks.s[clientSide] = loopSock{c: c, fd: int32(cfd), side: clientSide}
+	c.socks.s[upstreamSide] = loopSock{c: c, fd: int32(ufd), side: upstreamSide}
+	c.client, c.upstream = &c.socks.s[clientSide], &c.socks.s[upstreamSide]
 	c.looped = true
 	return true
 }
@@ -341,15 +344,18 @@ func (c *wsConn) adoptSockets() bool {
 // startLoop hands an adopted connection to its loop, with what the peers
 // sent along with the handshake, which is relayed first.
 func (c *wsConn) startLoop(clientBuf, upstreamBuf []byte) {
-	c.socks[clientSide].l.post(loopTask{kind: taskRegister, c: c, clientBuf: clientBuf, upstreamBuf: upstreamBuf})
+	c.socks.loop.post(loopTask{kind: taskRegister, c: c, clientBuf: clientBuf, upstreamBuf: upstreamBuf})
 }
 
 // closeSockets closes both sockets for closeAndReport: on the loop, the
 // descriptors are released.
 func (c *wsConn) closeSockets() {
 	if c.looped {
-		c.socks[clientSide].release()
-		c.socks[upstreamSide].release()
+		if c.socks.linger != nil {
+			c.socks.linger.Stop()
+		}
+		c.socks.s[clientSide].release()
+		c.socks.s[upstreamSide].release()
 		return
 	}
 	c.client.Close()
@@ -462,19 +468,19 @@ func (l *eventLoop) runTask(t *loopTask) {
 	case taskRegister:
 		l.register(c, t.clientBuf, t.upstreamBuf)
 	case taskStop:
-		for side := range c.socks {
-			l.stop(&c.socks[side], net.ErrClosed)
+		for side := range c.socks.s {
+			l.stop(&c.socks.s[side], net.ErrClosed)
 		}
 	case taskDeadline:
-		l.stop(&c.socks[t.side], os.ErrDeadlineExceeded)
+		l.stop(&c.socks.s[t.side], os.ErrDeadlineExceeded)
 	}
 }
 
 // register adds c's sockets to the loop, edge-triggered for reading,
 // writing and the peer's half-close, and relays the handshake leftovers.
 func (l *eventLoop) register(c *wsConn, clientBuf, upstreamBuf []byte) {
-	for side := range c.socks {
-		s := &c.socks[side]
+	for side := range c.socks.s {
+		s := &c.socks.s[side]
 		s.slot, s.gen = l.allocSlot(s)
 		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET}
 		setEventRef(&ev, slotRef{s.slot, s.gen})

@@ -147,7 +147,7 @@ func TestLoopBackPressureBoundsWhatItHolds(t *testing.T) {
 	deadline := time.Now().Add(500 * time.Millisecond)
 	maxPending := 0
 	for time.Now().Before(deadline) {
-		s := &conn.socks[clientSide]
+		s := &conn.socks.s[clientSide]
 		s.mu.Lock()
 		if s.pending != nil && len(*s.pending) > maxPending {
 			maxPending = len(*s.pending)

@@ -28,17 +28,17 @@ type probeState struct {
 	disabled atomic.Bool // a tap stopped on a protocol error: Pings cannot be placed nor Pongs recognised
 
 	mu               sync.Mutex
-	outstanding      bool      // a probe is due: its Ping waits or was sent
-	pingSent         bool      // the outstanding probe's Ping went out
-	due              time.Time // when the timer's current phase ends; an earlier fire is stale
-	clientBytesAtDue int64     // toClient.written when the Ping became due or last progressed
+	outstanding      bool  // a probe is due: its Ping waits or was sent
+	pingSent         bool  // the outstanding probe's Ping went out
+	due              int64 // monoNow when the timer's current phase ends; an earlier fire is stale
+	clientBytesAtDue int64 // toClient.written when the Ping became due or last progressed
 	payload          [probeLen]byte
 }
 
 // startProbe arms the probe's first interval.
 func (c *wsConn) startProbe() {
 	c.probe.mu.Lock() // probeTimerFired reads the timer under mu
-	c.probe.due = time.Now().Add(c.p.o.ProbeInterval)
+	c.probe.due = monoNow() + int64(c.p.o.ProbeInterval)
 	c.probe.timer = time.AfterFunc(c.p.o.ProbeInterval, c.probeTimerFired)
 	c.probe.mu.Unlock()
 }
@@ -75,7 +75,7 @@ func (c *wsConn) probeTimerFired() {
 		s.mu.Unlock()
 		return
 	}
-	if time.Now().Before(s.due) {
+	if monoNow() < s.due {
 		s.mu.Unlock()
 		return // the timer was re-armed while this fire waited for the lock
 	}
@@ -108,9 +108,15 @@ func (c *wsConn) probeTimerFired() {
 	}
 }
 
+// monoNow is monotonic nanoseconds since the process started: 8 bytes a
+// deadline where a time.Time takes 24.
+func monoNow() int64 { return int64(time.Since(processStart)) }
+
+var processStart = time.Now()
+
 // armLocked sets the probe timer to fire after d; mu is held.
 func (s *probeState) armLocked(d time.Duration) {
-	s.due = time.Now().Add(d)
+	s.due = monoNow() + int64(d)
 	s.timer.Reset(d)
 }
 

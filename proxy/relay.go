@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"sync"
 	"sync/atomic"
 
@@ -64,6 +65,11 @@ func (c *wsConn) relayFromUpstream(buf []byte, n int) error {
 	return nil
 }
 
+// errUpstreamWrite: a write to the upstream failed inside the tap (the
+// bytes before a dropped probe Pong); the direction ends as on any write
+// error.
+var errUpstreamWrite = errors.New("proxy: write to the upstream failed")
+
 // relayFromClient writes a client chunk to the upstream, leaving out the
 // Pong that answers our probe. A frame that might be that Pong, or a frame
 // header cut by the read, is held back (at most maxHeld bytes) until the
@@ -94,8 +100,8 @@ func (c *wsConn) relayFromClient(buf []byte, n int) error {
 	s.held = 0
 	s.parser.Feed(chunk)
 	c.p.stats.countFrames(event.FromClient, &s.frames)
-	if s.err != nil {
-		return s.err
+	if s.failed {
+		return errUpstreamWrite
 	}
 	hold := len(data)
 	if c.p.o.ProbeInterval > 0 && !s.parser.Failed() && !s.parser.AtBoundary() {

@@ -33,8 +33,8 @@ type clientTap struct {
 	written    int // data[:written] went upstream or was dropped
 	boundary   int // last frame boundary in data, -1 if none
 	headerSeen bool
-	candidate  int   // start of a frame that may be our probe's Pong, -1 if none
-	err        error // a write to the upstream failed while the chunk was parsed
+	failed     bool // a write to the upstream failed while the chunk was parsed
+	candidate  int  // start of a frame that may be our probe's Pong, -1 if none
 
 	held    int // bytes of heldBuf held back from the previous chunk
 	heldBuf [maxHeld]byte
@@ -64,9 +64,9 @@ func (s *clientTap) FrameEnd(h wsframe.Header, end int, payload []byte) {
 	e := end + s.base
 	s.frames++
 	if s.candidate >= 0 {
-		if h.Opcode == wsframe.OpPong && c.consumeProbePong(payload) && s.err == nil {
+		if h.Opcode == wsframe.OpPong && c.consumeProbePong(payload) && !s.failed {
 			// Drop our own Pong: send what came before it, skip it.
-			s.err = c.writeUpstream(s.data[s.written:s.candidate], true)
+			s.failed = c.writeUpstream(s.data[s.written:s.candidate], true) != nil
 			s.written = e
 		}
 		s.candidate = -1
