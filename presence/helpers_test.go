@@ -47,7 +47,7 @@ var (
 )
 
 type rig struct {
-	t     *testing.T
+	t     testing.TB
 	e     *Engine
 	st    store.Store
 	clk   *fakeClock
@@ -69,7 +69,7 @@ func defaultOptions(st store.Store, clk Clock) Options {
 
 // newRig builds an engine over st (a fresh memory store when nil); mod may
 // change the options first.
-func newRig(t *testing.T, st store.Store, clk *fakeClock, mod func(*Options)) *rig {
+func newRig(t testing.TB, st store.Store, clk *fakeClock, mod func(*Options)) *rig {
 	t.Helper()
 	if st == nil {
 		st = store.NewMemory()

@@ -58,3 +58,16 @@ func TestMemoryPerSession(t *testing.T) {
 		t.Fatalf("too much memory per session: %.0f / %.0f bytes", idle, conn)
 	}
 }
+
+// TestEngineNoAllocs pins the per-message path: a message on an open
+// connection, in either mode and either direction, allocates nothing
+// (bench_test.go has the figures).
+func TestEngineNoAllocs(t *testing.T) {
+	for _, bm := range benchMessages {
+		r := benchRig(t, bm.mode)
+		m := event.Message{Text: true, Size: int64(len(bm.msg)), Prefix: bm.msg}
+		if allocs := testing.AllocsPerRun(1000, func() { r.e.Message(1, bm.dir, m) }); allocs != 0 {
+			t.Errorf("%s: %v allocations per message, want 0", bm.name, allocs)
+		}
+	}
+}

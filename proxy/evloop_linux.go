@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -38,6 +39,9 @@ const (
 	readBudget = 16
 	// eventfdSlot marks the loop's own wake-up descriptor in epoll data.
 	eventfdSlot = ^uint32(0)
+	// yieldsBeforePark is how often an idle loop lets other goroutines run
+	// before it parks: a park and its wake-up cost more than a yield.
+	yieldsBeforePark = 2
 )
 
 // loopSocks is the event-loop part of a wsConn, inline: its loop, its two
@@ -240,16 +244,24 @@ const (
 // eventLoop is one epoll loop and the sockets it owns.
 type eventLoop struct {
 	epfd, efd int
+	// epfd on Go's poller, so that an idle loop parks like any goroutine
+	// waiting for input instead of holding a P in epoll_wait (wait); nil
+	// if the poller would not take it.
+	epfile   *os.File
+	epoll    syscall.RawConn
+	pollOnce func(uintptr) bool // made once: a closure per wait would allocate
 
 	mu     sync.Mutex
 	posted []loopTask
 	woken  bool // an eventfd write is outstanding
 
 	// loop only
-	slots []slotEntry
-	free  []uint32
-	ready []slotRef // sockets that spent their read budget with data left
-	buf   []byte
+	slots  []slotEntry
+	free   []uint32
+	ready  []slotRef // sockets that spent their read budget with data left
+	buf    []byte
+	events []unix.EpollEvent
+	got    int // events pollOnce found
 }
 
 type slotEntry struct {
@@ -298,7 +310,19 @@ func newEventLoop() (*eventLoop, error) {
 		unix.Close(efd)
 		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
-	return &eventLoop{epfd: epfd, efd: efd, buf: make([]byte, headroom+relayBufSize)}, nil
+	l := &eventLoop{epfd: epfd, efd: efd, buf: make([]byte, headroom+relayBufSize), events: make([]unix.EpollEvent, 256)}
+	l.pollOnce = func(uintptr) bool {
+		l.got = rawEpollWait(l.epfd, l.events)
+		return l.got > 0
+	}
+	// An epoll descriptor is itself pollable: readable while events wait.
+	if unix.SetNonblock(epfd, true) == nil {
+		l.epfile = os.NewFile(uintptr(epfd), "epoll")
+		if rc, err := l.epfile.SyscallConn(); err == nil {
+			l.epoll = rc
+		}
+	}
+	return l, nil
 }
 
 // The epoll data of a socket is its slot and the slot's generation: an
@@ -395,11 +419,11 @@ func (l *eventLoop) post(t loopTask) {
 }
 
 func (l *eventLoop) run() {
-	events := make([]unix.EpollEvent, 256)
+	events := l.events
 	var tasks []loopTask
 	var ready []slotRef
 	for {
-		n := l.wait(events)
+		n := l.wait()
 		for i := range events[:n] {
 			ev := &events[i]
 			r := eventRef(ev)
@@ -433,18 +457,33 @@ func (l *eventLoop) run() {
 	}
 }
 
-// wait returns the next events: those already there without the
-// scheduler's system-call bookkeeping, else it blocks in epoll_wait.
-// (Go's poller watching the epoll descriptor instead would keep the loop
-// off a thread, but the scheduler polls it late when every P is busy:
-// measured, p99 rose from 3 to 10 ms.) Sockets left on the ready list do
-// not wait.
-func (l *eventLoop) wait(events []unix.EpollEvent) int {
-	if n := rawEpollWait(l.epfd, events); n > 0 || len(l.ready) > 0 {
+// wait returns how many events it put in l.events: those already there
+// without the scheduler's system-call bookkeeping; after a few yields to
+// other goroutines (under load, new events come while they run); else it
+// parks on Go's poller until the epoll descriptor is readable.
+//
+// Blocking in epoll_wait instead keeps the P: with GOMAXPROCS=1 (one CPU
+// in a container) every goroutine the loop's writes wake then waits for
+// sysmon to take the P back, and a single connection's echo took 230–270 µs
+// against 50 µs on the goroutine relay (docs/ARCHITECTURE.md, "Memory per
+// connection"). Sockets left on the ready list do not wait.
+func (l *eventLoop) wait() int {
+	if n := rawEpollWait(l.epfd, l.events); n > 0 || len(l.ready) > 0 {
 		return n
 	}
+	for range yieldsBeforePark {
+		runtime.Gosched()
+		if n := rawEpollWait(l.epfd, l.events); n > 0 {
+			return n
+		}
+	}
+	if l.epoll != nil {
+		if err := l.epoll.Read(l.pollOnce); err == nil {
+			return l.got
+		}
+	}
 	for {
-		if n, err := unix.EpollWait(l.epfd, events, -1); err == nil {
+		if n, err := unix.EpollWait(l.epfd, l.events, -1); err == nil {
 			return n
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -121,6 +122,62 @@ func TestLoopHoldsIdleConnectionsWithoutGoroutines(t *testing.T) {
 		echo(t, c, websocket.TextMessage, []byte(`{"again":1}`))
 		c.Close()
 	}
+}
+
+// TestIdleLoopParksOnThePoller: a loop with nothing to do waits like a
+// goroutine blocked on a socket ("IO wait"), not in epoll_wait holding a P
+// ("syscall"), which with GOMAXPROCS=1 starves every goroutine it wakes
+// until sysmon steps in (evloop_linux.go, wait).
+func TestIdleLoopParksOnThePoller(t *testing.T) {
+	up, ups := rawUpstream(t)
+	tp := startProxy(t, up, onTheLoop)
+	rawDial(t, tp.addr, "/?sessionId=idle", nil)
+	acceptRaw(t, ups)
+	deadline := time.Now().Add(waitTime)
+	for {
+		states := loopStates()
+		if len(states) == 0 {
+			t.Fatal("no event loop goroutine is running")
+		}
+		parked := 0
+		for _, st := range states {
+			if strings.HasPrefix(st, "IO wait") {
+				parked++
+			}
+		}
+		if parked == len(states) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("idle loops are %q, want all in IO wait", states)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// loopStates returns the scheduler state of every event-loop goroutine.
+func loopStates() []string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	var states []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if !strings.Contains(g, "proxy.(*eventLoop).run(") {
+			continue
+		}
+		// "goroutine 7 [IO wait, 2 minutes]:"
+		head, _, _ := strings.Cut(g, "\n")
+		if i, j := strings.IndexByte(head, '['), strings.IndexByte(head, ']'); i >= 0 && j > i {
+			states = append(states, head[i+1:j])
+		}
+	}
+	return states
 }
 
 // TestLoopBackPressureBoundsWhatItHolds: an upstream floods a client that

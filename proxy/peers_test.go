@@ -42,7 +42,7 @@ const waitTime = 10 * time.Second
 
 // serve runs h on a fresh 127.0.0.1 port with the production server settings
 // (ReadHeaderTimeout, MaxHeaderBytes) and returns its address.
-func serve(t *testing.T, h http.Handler) string {
+func serve(t testing.TB, h http.Handler) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -65,7 +65,7 @@ type testProxy struct {
 func (tp *testProxy) http(path string) string { return "http://" + tp.addr + path }
 func (tp *testProxy) ws(path string) string   { return "ws://" + tp.addr + path }
 
-func mustSources(t *testing.T, spec string) Sources {
+func mustSources(t testing.TB, spec string) Sources {
 	t.Helper()
 	s, err := ParseSources("TEST", spec)
 	if err != nil {
@@ -77,7 +77,7 @@ func mustSources(t *testing.T, spec string) Sources {
 // startProxy runs a Proxy in front of upstream (an address or a URL). mod
 // may change the options before New. At the end of the test it checks that
 // every relay finished and every MaxConnections slot was given back.
-func startProxy(t *testing.T, upstream string, mod func(*Options)) *testProxy {
+func startProxy(t testing.TB, upstream string, mod func(*Options)) *testProxy {
 	t.Helper()
 	if !strings.Contains(upstream, "://") {
 		upstream = "http://" + upstream
@@ -313,7 +313,7 @@ func (r *recorder) allClosed(timeout time.Duration) bool {
 
 // check reports observer contract violations seen so far: events for a
 // connection after its ConnClosed, a second ConnClosed.
-func (r *recorder) check(t *testing.T) {
+func (r *recorder) check(t testing.TB) {
 	t.Helper()
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -664,7 +664,7 @@ func parseFrames(b []byte) (frames []rawFrame, rest []byte) {
 
 // rawDial opens a TCP connection to addr and performs a WebSocket client
 // handshake by hand. The returned reader holds any bytes that followed the 101.
-func rawDial(t *testing.T, addr, path string, extra http.Header) (net.Conn, *bufio.Reader) {
+func rawDial(t testing.TB, addr, path string, extra http.Header) (net.Conn, *bufio.Reader) {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -711,7 +711,7 @@ type rawConn struct {
 
 // rawUpstream listens and upgrades every connection by hand, handing it to
 // the test on the returned channel.
-func rawUpstream(t *testing.T) (string, <-chan rawConn) {
+func rawUpstream(t testing.TB) (string, <-chan rawConn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -742,7 +742,7 @@ func rawUpstream(t *testing.T) (string, <-chan rawConn) {
 	return ln.Addr().String(), ch
 }
 
-func acceptRaw(t *testing.T, ch <-chan rawConn) rawConn {
+func acceptRaw(t testing.TB, ch <-chan rawConn) rawConn {
 	t.Helper()
 	select {
 	case c := <-ch:

@@ -63,4 +63,4 @@ go run ./cmd/clusterload
 (cd bench && PATH="$PATH:/usr/sbin" WSBENCH_REQUIRE_NGINX=1 go test -count=1 ./...)
 # Memory and allocation figures are distorted by the race detector, so the
 # tests that pin them are built only without it (//go:build !race): here.
-go test -count=1 -run '^(TestMemoryPerSession|TestDeflateMemory|TestInflightMemory|TestNoAllocs)$' -v ./presence ./proxy/wsframe | grep -E '^(=== RUN|--- |ok|FAIL|PASS)|bytes per'
+go test -count=1 -run '^(TestMemoryPerSession|TestDeflateMemory|TestInflightMemory|TestNoAllocs|TestRelayNoAllocs|TestEngineNoAllocs)$' -v ./presence ./proxy ./proxy/wsframe | grep -E '^(=== RUN|--- |ok|FAIL|PASS)|bytes per'
