@@ -11,6 +11,7 @@ import (
 type verdict struct {
 	reconnects, ambiguous, ambiguousDecided int
 	unseenReturns                           int // returns the kill cut before they reached Redis
+	unseenFirsts                            int // first connections the kill cut before they reached Redis
 	absences, returns, finals, killedAway   int
 
 	wantOff, wantOn, gotOff, gotOn int
@@ -140,6 +141,10 @@ func check(sessions []*session, interval time.Duration, killAt, churnEnd time.Ti
 					v.unseenReturns++ // the return was cut by the kill: the absence before goes on
 					continue
 				}
+				if a.unseenFirst && nOff == 0 {
+					v.unseenFirsts++ // Redis never had the session: nothing to decide
+					continue
+				}
 				v.absences++
 				if a.killed {
 					v.killedAway++
@@ -233,7 +238,7 @@ func kindName(offline bool) string {
 
 func killedNote(a away) string {
 	if a.killed {
-		return ", dropped by the kill"
+		return fmt.Sprintf(", dropped by the kill %v after its link", a.age.Round(time.Millisecond))
 	}
 	return ""
 }

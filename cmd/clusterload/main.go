@@ -404,6 +404,7 @@ func run() error {
 	fmt.Printf("%-34s %10d\n", "  reconnects (nothing due)", v.reconnects-v.ambiguous)
 	fmt.Printf("%-34s %10d %s\n", "  reconnects, ambiguous", v.ambiguous, fmt.Sprintf("(slower than planned; %d of them decided absent, and so expected)", v.ambiguousDecided))
 	fmt.Printf("%-34s %10d %s\n", "  returns cut by the kill", v.unseenReturns, "(opened just before it, maybe never in Redis: the absence goes on, and so no /expire)")
+	fmt.Printf("%-34s %10d %s\n", "  first connections cut by the kill", v.unseenFirsts, "(opened just before it, maybe never in Redis: no session there, and so no /expire)")
 	fmt.Printf("%-34s %10d %s\n", "  absences", v.absences, fmt.Sprintf("(%d after the kill, %d for good at the end)", v.killedAway, v.finals))
 	fmt.Printf("%-34s %10d\n", "  returns", v.returns)
 	fmt.Printf("%-34s %10s %10s\n", "notifications", "expected", "received")

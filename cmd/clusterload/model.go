@@ -35,7 +35,12 @@ type away struct {
 	// absence before goes on: no return message for it yet, and no
 	// /expire for this away.
 	unseenReturn bool
-	gap          time.Duration // a reconnect's: from start to the new connection's answered link
+	// unseenFirst: the kill dropped the session's first connection so soon
+	// after it opened that its replica may never have told Redis; then
+	// Redis never had the session, and there is nothing to decide.
+	unseenFirst bool
+	age         time.Duration // a killed connection's: from its link to the kill
+	gap         time.Duration // a reconnect's: from start to the new connection's answered link
 }
 
 // session is one session id. Its aways are written by its goroutine only
@@ -212,11 +217,14 @@ func (l *load) play(s *session, startAt time.Time) {
 		if dropped {
 			if k := rep.killedAtGen(gen); !k.IsZero() {
 				l.killDrops.Add(1)
-				a.killed, a.start = true, k
+				a.killed, a.start, a.age = true, k, k.Sub(openedAt)
 				// A connection opened just before the kill may never have
 				// reached Redis: then the session has been away since its
-				// last close, if that was a reconnect's.
-				if k.Sub(openedAt) < youngConn && cur >= 0 {
+				// last close, if that was a reconnect's, or was never there,
+				// if this was its first connection.
+				if a.age < youngConn && cur < 0 {
+					a.unseenFirst = true
+				} else if a.age < youngConn {
 					if s.aways[cur].kind != kAbsence {
 						a.start = s.aways[cur].start
 					} else {
