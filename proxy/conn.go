@@ -162,9 +162,7 @@ func (c *wsConn) pumpStopped() {
 // reports the close.
 func (c *wsConn) closeAndReport() {
 	p := c.p
-	if c.probe.timer != nil {
-		c.probe.timer.Stop()
-	}
+	c.stopProbe()
 	c.closeSockets()
 	c.fromClient.parser.Release()
 	c.fromUpstream.parser.Release()

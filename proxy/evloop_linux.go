@@ -30,7 +30,7 @@ import (
 //
 // Who touches what: a loop alone registers, reads and releases its sockets,
 // so the loop-only fields need no lock. Writes come from the loop, the
-// probe's timer and goAway; loopSock.mu serialises them with the loop's
+// probe's clock and goAway; loopSock.mu serialises them with the loop's
 // flush and with the release of the descriptor.
 
 const (

@@ -20,27 +20,35 @@ import (
 // probeLen is the length of the probe's Ping payload.
 const probeLen = 8
 
-// probeState is the probe's state. timer is set by startProbe before the
-// pumps start (nil: no probe) and disabled is atomic; mu guards the fields
-// below it, and the timer's re-arming.
+// probeState is the probe's state. on is set by startProbe before the
+// pumps start and disabled is atomic; slot belongs to the clock
+// (probeclock.go); mu guards the other fields, and the re-arming.
 type probeState struct {
-	timer    *time.Timer
+	slot     int32       // this connection's index in its clock's heap (slotNone, slotRetired)
 	disabled atomic.Bool // a tap stopped on a protocol error: Pings cannot be placed nor Pongs recognised
 
 	mu               sync.Mutex
+	on               bool  // the connection is probed (set before the pumps start)
 	outstanding      bool  // a probe is due: its Ping waits or was sent
 	pingSent         bool  // the outstanding probe's Ping went out
-	due              int64 // monoNow when the timer's current phase ends; an earlier fire is stale
+	due              int64 // monoNow when the current phase ends; an earlier fire is stale
 	clientBytesAtDue int64 // toClient.written when the Ping became due or last progressed
 	payload          [probeLen]byte
 }
 
 // startProbe arms the probe's first interval.
 func (c *wsConn) startProbe() {
-	c.probe.mu.Lock() // probeTimerFired reads the timer under mu
-	c.probe.due = monoNow() + int64(c.p.o.ProbeInterval)
-	c.probe.timer = time.AfterFunc(c.p.o.ProbeInterval, c.probeTimerFired)
+	c.probe.mu.Lock()
+	c.probe.on, c.probe.slot = true, slotNone
+	c.armProbeLocked(c.p.o.ProbeInterval)
 	c.probe.mu.Unlock()
+}
+
+// stopProbe takes the probe's deadline off its clock for good.
+func (c *wsConn) stopProbe() {
+	if c.probe.on {
+		probeClockOf(c).retire(c)
+	}
 }
 
 // writeProbePingLocked sends the probe's Ping; toClient.mu is held.
@@ -53,15 +61,16 @@ func (c *wsConn) writeProbePingLocked() error {
 	c.probe.mu.Lock()
 	wsframe.AppendPing(frame[:0], c.probe.payload[:], nil) // to the client: unmasked
 	c.probe.pingSent = true
-	c.probe.armLocked(c.p.o.ProbeTimeout) // the Pong has ProbeTimeout from now
+	c.armProbeLocked(c.p.o.ProbeTimeout) // the Pong has ProbeTimeout from now
 	c.probe.mu.Unlock()
 	c.p.stats.Frames[event.FromServer].Add(1)
 	_, err := c.client.Write(frame[:])
 	return err
 }
 
-// probeTimerFired runs on the probe timer: it sends a Ping, or declares the
-// connection dead when the previous one went unanswered.
+// probeTimerFired runs when the probe's deadline passed (its clock's
+// timer): it sends a Ping, or declares the connection dead when the
+// previous one went unanswered.
 func (c *wsConn) probeTimerFired() {
 	s := &c.probe
 	s.mu.Lock()
@@ -77,14 +86,14 @@ func (c *wsConn) probeTimerFired() {
 	}
 	if monoNow() < s.due {
 		s.mu.Unlock()
-		return // the timer was re-armed while this fire waited for the lock
+		return // re-armed while this fire waited for the lock
 	}
 	if s.outstanding {
 		if n := c.toClient.written.Load(); !s.pingSent && n != s.clientBytesAtDue {
 			// The Ping still waits for the end of a long upstream frame, and
 			// the client keeps taking that frame: it is alive.
 			s.clientBytesAtDue = n
-			s.armLocked(c.p.o.ProbeTimeout)
+			c.armProbeLocked(c.p.o.ProbeTimeout)
 			s.mu.Unlock()
 			return
 		}
@@ -94,7 +103,7 @@ func (c *wsConn) probeTimerFired() {
 	}
 	s.outstanding, s.pingSent, s.clientBytesAtDue = true, false, c.toClient.written.Load()
 	binary.LittleEndian.PutUint64(s.payload[:], rand.Uint64())
-	s.armLocked(c.p.o.ProbeTimeout)
+	c.armProbeLocked(c.p.o.ProbeTimeout)
 	s.mu.Unlock()
 
 	c.toClient.mu.Lock()
@@ -114,10 +123,10 @@ func monoNow() int64 { return int64(time.Since(processStart)) }
 
 var processStart = time.Now()
 
-// armLocked sets the probe timer to fire after d; mu is held.
-func (s *probeState) armLocked(d time.Duration) {
-	s.due = monoNow() + int64(d)
-	s.timer.Reset(d)
+// armProbeLocked sets the probe's deadline d from now; probe.mu is held.
+func (c *wsConn) armProbeLocked(d time.Duration) {
+	c.probe.due = monoNow() + int64(d)
+	probeClockOf(c).schedule(c, c.probe.due)
 }
 
 // consumeProbePong reports whether payload answers the outstanding probe
@@ -131,14 +140,14 @@ func (c *wsConn) consumeProbePong(payload []byte) bool {
 		return false
 	}
 	s.outstanding = false
-	s.armLocked(c.p.o.ProbeInterval)
+	c.armProbeLocked(c.p.o.ProbeInterval)
 	return true
 }
 
 // probeOutstanding reports whether a probe Ping is due or awaits its Pong:
 // only then may a client Pong be the probe's.
 func (c *wsConn) probeOutstanding() bool {
-	if c.probe.timer == nil {
+	if !c.probe.on {
 		return false
 	}
 	c.probe.mu.Lock()
