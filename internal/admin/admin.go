@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync/atomic"
 
@@ -64,6 +65,21 @@ func (s *Server) Handler() http.Handler {
 	api.HandleFunc("GET /v1/replicas", s.replicas)
 	api.HandleFunc("GET /v1/sessions/{id}/events", s.sessionEvents) // timeline.go
 	mux.Handle("/v1/", s.authorize(api))
+	mux.Handle("/debug/pprof/", s.authorize(profiles()))
+	return mux
+}
+
+// profiles serves Go's runtime profiles (heap, CPU, goroutines, ...), the
+// same token's: they show the process's insides, never message contents.
+// The handlers are named rather than the package's DefaultServeMux
+// registration used, so nothing else serves them.
+func profiles() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index) // the named profiles: heap, allocs, goroutine, ...
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile) // CPU, ?seconds=N
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return mux
 }
 
@@ -104,11 +120,12 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	writeText(w, code, strings.Join(lines, "\n"))
 }
 
-// authorize guards /v1/ with ADMIN_TOKEN, compared in constant time.
+// authorize guards /v1/ and /debug/pprof/ with ADMIN_TOKEN, compared in
+// constant time.
 func (s *Server) authorize(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if s.Token == "" {
-			writeError(w, http.StatusForbidden, "the /v1/ API is off: set ADMIN_TOKEN to turn it on")
+			writeError(w, http.StatusForbidden, "the /v1/ API and /debug/pprof/ are off: set ADMIN_TOKEN to turn them on")
 			return
 		}
 		if !HasToken(r, s.Token) {

@@ -76,6 +76,25 @@ func TestNoTokenMeansAPIOff(t *testing.T) {
 	}
 }
 
+// TestProfilesNeedTheToken: Go's profiles are served under /debug/pprof/
+// with the /v1/ API's token, and only with it.
+func TestProfilesNeedTheToken(t *testing.T) {
+	h := (&Server{Token: "sekret"}).Handler()
+	if code, _ := do(t, h, "GET", "/debug/pprof/heap", "", ""); code != http.StatusUnauthorized {
+		t.Fatalf("no token: %d", code)
+	}
+	code, body := do(t, h, "GET", "/debug/pprof/heap", "sekret", "")
+	if code != http.StatusOK || !strings.HasPrefix(body, "\x1f\x8b") { // a gzipped profile.proto
+		t.Fatalf("heap profile: %d %q", code, body[:min(len(body), 80)])
+	}
+	if code, body := do(t, h, "GET", "/debug/pprof/goroutine?debug=1", "sekret", ""); code != http.StatusOK || !strings.Contains(body, "goroutine profile:") {
+		t.Fatalf("goroutines: %d %q", code, body[:min(len(body), 80)])
+	}
+	if code, _ := do(t, (&Server{}).Handler(), "GET", "/debug/pprof/heap", "", ""); code != http.StatusForbidden {
+		t.Fatalf("no ADMIN_TOKEN: %d", code)
+	}
+}
+
 func TestHandoffAndBotSettings(t *testing.T) {
 	st := store.NewMemory()
 	h := (&Server{Token: "t", Presence: newEngine(t, st), Outbox: deliverer(t, st)}).Handler()

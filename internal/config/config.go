@@ -75,7 +75,7 @@ type Config struct {
 
 	// Admin and lifecycle
 	AdminAddr     string        `env:"ADMIN_ADDR" desc:"admin listener: /healthz /readyz /metrics /v1/ and the status page"`
-	AdminToken    string        `env:"ADMIN_TOKEN" desc:"Bearer token for /v1/ (unset: the API is off)"`
+	AdminToken    string        `env:"ADMIN_TOKEN" desc:"Bearer token for /v1/ and /debug/pprof/ (unset: both are off)"`
 	LogLevel      string        `env:"LOG_LEVEL" desc:"debug, info, warn, error"`
 	LogFormat     string        `env:"LOG_FORMAT" desc:"json or console"`
 	ShutdownGrace time.Duration `env:"SHUTDOWN_GRACE" desc:"on SIGTERM, time open connections get before they are closed with 1001"`
