@@ -29,6 +29,7 @@ type Diagnosis struct {
 	Before, After         gcLine        // the last GC before and after opening the idle connections
 	Goroutines            int
 	Groups                []GoroutineGroup
+	Profiles              *Profiles // with Config.ProfileDir
 }
 
 // GoroutineGroup counts goroutines parked in the same state at the same place.
@@ -93,6 +94,21 @@ func (r *runner) diagnose(ctx context.Context, name string) (Diagnosis, error) {
 	d.AnonAfter = anon * 1024
 	threads, _ := statusField(pid, "Threads")
 	d.Threads = int(threads)
+	if r.cfg.ProfileDir != "" {
+		if d.Profiles, err = profileHeap(ctx, p, r.cfg.ProfileDir); err != nil {
+			return d, p.failed(err)
+		}
+	}
+	logIdle, err := os.ReadFile(p.logPath)
+	if err != nil {
+		return d, err
+	}
+	d.After = lastGC(logIdle) // before the profiled echo's garbage
+	if d.Profiles != nil {
+		if err := r.profileCPU(ctx, p, name+"-diag", d.Profiles, r.cfg.Workloads[0]); err != nil {
+			return d, p.failed(err)
+		}
+	}
 
 	p.cmd.Process.Signal(syscall.SIGQUIT)
 	select {
@@ -105,7 +121,6 @@ func (r *runner) diagnose(ctx context.Context, name string) (Diagnosis, error) {
 	if err != nil {
 		return d, err
 	}
-	d.After = lastGC(log)
 	d.Goroutines, d.Groups = goroutineGroups(log[len(logBefore):])
 	fmt.Fprintf(r.log, "diagnosis %s: %d goroutines for %d idle connections, heap live %d→%d MB\n",
 		name, d.Goroutines, d.Idle, d.Before.LiveMB, d.After.LiveMB)
@@ -229,6 +244,9 @@ func (d Diagnosis) Markdown() string {
 	}
 	if rest > 0 {
 		fmt.Fprintf(&b, "| %d | (others) | |\n", rest)
+	}
+	if d.Profiles != nil {
+		b.WriteString("\n" + d.Profiles.Markdown())
 	}
 	return b.String()
 }

@@ -65,6 +65,7 @@ type Config struct {
 	SidecarEnv []string      // extra KEY=VALUE for the sidecar processes (GOGC=50, PROBE_INTERVAL=0, …)
 	Diag       bool          // after the runs, look inside the sidecar processes (goroutines, heap)
 	Hold       time.Duration // keep the idle connections this long (answering pings) and measure again; 0: not
+	ProfileDir string        // with Diag: write the sidecar's heap and CPU profiles here (profile.go); empty: none
 	Log        io.Writer     // progress lines; nil: discarded
 }
 

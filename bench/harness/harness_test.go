@@ -43,7 +43,7 @@ func TestTinyRun(t *testing.T) {
 	var log strings.Builder
 	rep, err := Run(ctx, Config{
 		Idle: 50, Clients: 4, Duration: 300 * time.Millisecond, Reps: 1,
-		Hold: 300 * time.Millisecond, Only: only, Diag: true, Log: &log,
+		Hold: 300 * time.Millisecond, Only: only, Diag: true, ProfileDir: t.TempDir(), Log: &log,
 	})
 	t.Log(log.String())
 	if err != nil {
@@ -117,6 +117,11 @@ func TestTinyRun(t *testing.T) {
 		// per connection": that is one relay design, not the harness's concern.
 		if d.Goroutines == 0 || len(d.Groups) == 0 || d.RSSAfter <= d.RSSBefore {
 			t.Errorf("%s diagnosis: %d goroutines for %d connections, groups %v, gc %+v", d.Name, d.Goroutines, d.Idle, d.Groups, d.After)
+		}
+		// The sidecar's own profiles, read back by go tool pprof.
+		pr := d.Profiles
+		if pr == nil || !strings.Contains(pr.HeapTop, "inuse_space") || !strings.Contains(pr.CPUTop, "flat%") || pr.Echo.MsgsPerSec <= 0 {
+			t.Errorf("%s profiles: %+v", d.Name, pr)
 		}
 	}
 }

@@ -40,6 +40,7 @@ func main() {
 	jsonOut := flag.String("json", "", "write the JSON summary to this file (default: beside -out)")
 	flag.IntVar(&cfg.GoMaxProcs, "gomaxprocs", 0, "GOMAXPROCS for the sidecar process (0: Go's default, all CPUs)")
 	flag.BoolVar(&cfg.Diag, "diag", false, "also look inside the sidecar holding the idle connections: goroutines, heap, stacks")
+	flag.StringVar(&cfg.ProfileDir, "profile", "", "with -diag: write the sidecar's heap profile (idle) and CPU profile (echoing the first workload) to this directory, and show their tops")
 	flag.DurationVar(&cfg.Hold, "hold", 0, "also hold the idle connections this long (answering the sidecar's pings) and measure memory again")
 	flag.Func("sidecar-env", "extra `KEY=VALUE` for the sidecar processes, e.g. GOGC=50 (repeatable)", func(v string) error {
 		if !strings.Contains(v, "=") {
