@@ -97,6 +97,9 @@ func FuzzMatch(f *testing.F) {
 			t.Fatalf("%q and %q parse, %q does not: %v", a, b, a+";"+b, err)
 		}
 		ma, mb := sa.Match(dir, doc), sb.Match(dir, doc)
+		if ref := withoutKeySearch(sa).Match(dir, doc); ref != ma {
+			t.Fatalf("%q on %q: %v, gjson alone says %v", a, doc, ma, ref)
+		}
 		if got := both.Match(dir, doc); got != (ma || mb) {
 			t.Fatalf("%q matches %q: %v, but %q: %v and %q: %v", doc, a+";"+b, got, a, ma, b, mb)
 		}

@@ -22,6 +22,10 @@ type cond struct {
 	path  string
 	value string
 	neg   bool
+	// key is the path's last key as it must appear in a document that has
+	// it, quotes included ("isTransfer"); "" when the path is not plain
+	// enough to tell (keyNeedle).
+	key string
 }
 
 type rule struct {
@@ -69,6 +73,7 @@ func Parse(src string, def event.Direction) (Set, error) {
 			if k.path == "" {
 				return Set{}, fmt.Errorf("rule %q: condition %q has no path", raw, c)
 			}
+			k.key = keyNeedle(k.path)
 			r.conds = append(r.conds, k)
 		}
 		s.rules = append(s.rules, r)
@@ -102,13 +107,58 @@ func (s Set) Has(dir event.Direction) bool {
 // String returns the rules as written.
 func (s Set) String() string { return s.src }
 
+// keyNeedle returns `"KEY"` for a path whose last element KEY can only be
+// an object's key spelled just so: a path of plain names (letters, digits,
+// '_' and '-', joined by '.') whose last name is not a number (gjson would
+// also take that as an array index). Otherwise "": gjson's wildcards,
+// escapes, queries and modifiers are left to gjson.
+func keyNeedle(path string) string {
+	last := path[strings.LastIndexByte(path, '.')+1:]
+	if last == "" || strings.Trim(last, "0123456789") == "" {
+		return ""
+	}
+	for _, r := range path {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-' || r == '.') {
+			return ""
+		}
+	}
+	return `"` + last + `"`
+}
+
+// hasKey reports whether key (quotes included) starts at one of doc's
+// quotes. In a document without backslashes quotes only delimit strings,
+// so there are few to try, each found by IndexByte; strings.Contains would
+// give up on its byte search early in a document so full of quotes and
+// compare at every offset (about 6× slower on a 4 KiB message).
+func hasKey(doc, key string) bool {
+	for {
+		i := strings.IndexByte(doc, '"')
+		if i < 0 {
+			return false
+		}
+		if strings.HasPrefix(doc[i:], key) {
+			return true
+		}
+		doc = doc[i+1:]
+	}
+}
+
 // Match reports whether doc, a JSON message (possibly a truncated prefix)
 // sent in direction dir, satisfies any rule.
+//
+// A field whose key does not occur in doc is missing, and a document
+// without a backslash spells every key as it is: then a search from quote
+// to quote (hasKey) answers where gjson would walk the document, skipping
+// every long string byte by byte (a 4 KiB chat message: 0.2 µs against
+// about 2 µs, BenchmarkMatch4K). With
+// a backslash, a key could be escaped ("is\u0054ransfer"), and gjson
+// decides.
 func (s Set) Match(dir event.Direction, doc []byte) bool {
 	// gjson.GetBytes copies each value it returns; a view of doc does
 	// not, and nothing here outlives the call: one allocation less per
 	// message.
 	json := unsafe.String(unsafe.SliceData(doc), len(doc))
+	plain := -1 // unknown; 1: doc has no backslash, 0: it has
 	for i := range s.rules {
 		r := &s.rules[i]
 		if r.dir != dir {
@@ -116,6 +166,21 @@ func (s Set) Match(dir event.Direction, doc []byte) bool {
 		}
 		ok := true
 		for _, c := range r.conds {
+			if c.key != "" {
+				if plain < 0 {
+					plain = 0
+					if strings.IndexByte(json, '\\') < 0 {
+						plain = 1
+					}
+				}
+				if plain == 1 && !hasKey(json, c.key) {
+					if !c.neg {
+						ok = false
+						break
+					}
+					continue // missing: never equal
+				}
+			}
 			res := gjson.Get(json, c.path)
 			eq := res.Exists() && res.String() == c.value
 			if eq == c.neg {
