@@ -120,7 +120,8 @@ func TestTinyRun(t *testing.T) {
 		}
 		// The sidecar's own profiles, read back by go tool pprof.
 		pr := d.Profiles
-		if pr == nil || !strings.Contains(pr.HeapTop, "inuse_space") || !strings.Contains(pr.CPUTop, "flat%") || pr.Echo.MsgsPerSec <= 0 {
+		if pr == nil || !strings.Contains(pr.HeapTop, "inuse_space") || !strings.Contains(pr.CPUTop, "flat%") || pr.Echo.MsgsPerSec <= 0 ||
+			!strings.Contains(pr.HandshakeTop, "flat%") || pr.HandshakesPerSec <= 0 {
 			t.Errorf("%s profiles: %+v", d.Name, pr)
 		}
 	}

@@ -15,13 +15,16 @@ import (
 // Profiles are the sidecar's own pprof profiles, taken by the diagnosis
 // through its admin listener (/debug/pprof/, behind ADMIN_TOKEN): the heap
 // while it holds the idle connections, and the CPU while it echoes the
-// first workload with them still open. The files are kept; the report
-// shows the top of each (`go tool pprof -top`).
+// first workload with them still open, and while new connections arrive
+// (handshakes, each a new session). The files are kept; the report shows
+// the top of each (`go tool pprof -top`).
 type Profiles struct {
-	Heap, CPU       string // the profile files
-	HeapTop, CPUTop string // go tool pprof -top, trimmed
-	Workload        Workload
-	Echo            Echo // what the profiled echo measured
+	Heap, CPU, Handshake          string // the profile files
+	HeapTop, CPUTop, HandshakeTop string // go tool pprof -top, trimmed
+	Workload                      Workload
+	Echo                          Echo // what the profiled echo measured
+	HandshakesPerSec              float64
+	CPUPerHandshake               float64 // seconds
 }
 
 // profileHeap takes p's heap profile (after a GC) into dir.
@@ -37,25 +40,44 @@ func profileHeap(ctx context.Context, p *proxyProc, dir string) (*Profiles, erro
 	return pr, nil
 }
 
-// profileCPU takes p's CPU profile over one echo of w, beside the heap's.
+// profileCPU takes p's CPU profile over one echo of w, then another over
+// handshakes, beside the heap's.
 func (r *runner) profileCPU(ctx context.Context, p *proxyProc, tag string, pr *Profiles, w Workload) error {
+	dir := filepath.Dir(pr.Heap)
 	pr.Workload = w
-	pr.CPU = filepath.Join(filepath.Dir(pr.Heap), p.name+"-cpu-"+w.Flag()+".pb.gz")
+	pr.CPU = filepath.Join(dir, p.name+"-cpu-"+w.Flag()+".pb.gz")
 	secs := int(max(r.cfg.Duration, time.Second) / time.Second)
-	cpuErr := make(chan error, 1)
-	go func() { cpuErr <- p.fetchProfile(ctx, fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs), pr.CPU) }()
-	cfg := r.cfg
-	cfg.Duration = time.Duration(secs) * time.Second
-	e, err := runEcho(ctx, p, r.upstream, tag, cfg, w)
+	err := p.profileDuring(ctx, pr.CPU, secs, func() (err error) {
+		cfg := r.cfg
+		cfg.Duration = time.Duration(secs) * time.Second
+		pr.Echo, err = runEcho(ctx, p, r.upstream, tag, cfg, w)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("profiled echo %s: %w", w, err)
 	}
-	pr.Echo = e
-	if err := <-cpuErr; err != nil {
+	pr.CPUTop = pprofTop(ctx, pr.CPU)
+	pr.Handshake = filepath.Join(dir, p.name+"-cpu-handshakes.pb.gz")
+	err = p.profileDuring(ctx, pr.Handshake, secs, func() (err error) {
+		pr.HandshakesPerSec, pr.CPUPerHandshake, err = runHandshakes(ctx, p, tag+"-profiled", time.Duration(secs)*time.Second)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("profiled handshakes: %w", err)
+	}
+	pr.HandshakeTop = pprofTop(ctx, pr.Handshake)
+	return nil
+}
+
+// profileDuring saves p's CPU profile of the secs seconds that run takes.
+func (p *proxyProc) profileDuring(ctx context.Context, file string, secs int, run func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- p.fetchProfile(ctx, fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs), file) }()
+	runErr := run()
+	if err := <-done; err != nil {
 		return fmt.Errorf("CPU profile: %w", err)
 	}
-	pr.CPUTop = pprofTop(ctx, pr.CPU)
-	return nil
+	return runErr
 }
 
 // fetchProfile saves one of the admin listener's profiles to file.
@@ -110,5 +132,7 @@ func (pr *Profiles) Markdown() string {
 	fmt.Fprintf(&b, "Heap in use with the idle connections open (`go tool pprof -sample_index=inuse_space -top %s`):\n\n```\n%s\n```\n\n", filepath.Base(pr.Heap), pr.HeapTop)
 	fmt.Fprintf(&b, "CPU while echoing %s with them open (%s msgs/s, %s per echo; `go tool pprof -top %s`):\n\n```\n%s\n```\n",
 		pr.Workload, rate(pr.Echo.MsgsPerSec), micros(pr.Echo.CPU/max(pr.Echo.MsgsPerSec, 1)), filepath.Base(pr.CPU), pr.CPUTop)
+	fmt.Fprintf(&b, "\nCPU while clients open new connections, each a new session (%s handshakes/s, %s each; `go tool pprof -top %s`):\n\n```\n%s\n```\n",
+		rate(pr.HandshakesPerSec), micros(pr.CPUPerHandshake), filepath.Base(pr.Handshake), pr.HandshakeTop)
 	return b.String()
 }
