@@ -215,9 +215,11 @@ func (s *loopSock) release() {
 	s.mu.Lock()
 	if !s.closed {
 		s.closed = true
-		// EPOLL_CTL_DEL before close: the registration belongs to the open
-		// file, which a dup elsewhere could keep alive (epoll(7), Q6).
-		unix.EpollCtl(s.c.socks.loop.epfd, unix.EPOLL_CTL_DEL, int(s.fd), nil)
+		// No EPOLL_CTL_DEL: closing the last descriptor of the open file
+		// removes its registration (epoll(7), Q6), and this one is the
+		// last (adoptSockets closed the original; F_DUPFD_CLOEXEC keeps it
+		// from children). Were a copy alive all the same, its events would
+		// name a freed slot's old generation, which lookup ignores.
 		unix.Close(int(s.fd))
 		if s.pending != nil {
 			s.putPendingLocked()
