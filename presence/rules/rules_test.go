@@ -122,7 +122,7 @@ func TestKeySearchAgreesWithGJSON(t *testing.T) {
 	if k := keyNeedle("data.1.isTransfer"); k != `"isTransfer"` {
 		t.Errorf("keyNeedle(data.1.isTransfer) = %s", k)
 	}
-	for _, p := range []string{"data.1", "data.*", "a\\.b", "data.#", "@this", "a|b"} {
+	for _, p := range []string{"data.1", "data.*", "a\\.b", "data.#", "@this", "a|b", "..a", "a..b", ".a"} {
 		if k := keyNeedle(p); k != "" {
 			t.Errorf("keyNeedle(%s) = %s, want none", p, k)
 		}
