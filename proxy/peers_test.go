@@ -709,37 +709,50 @@ type rawConn struct {
 	req *http.Request
 }
 
-// rawUpstream listens and upgrades every connection by hand, handing it to
-// the test on the returned channel.
-func rawUpstream(t testing.TB) (string, <-chan rawConn) {
+// acceptLoop listens on a free port and hands every connection to handle,
+// one after the other or, with each, on a goroutine of its own, until the
+// test ends.
+func acceptLoop(t testing.TB, each bool, handle func(c net.Conn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ch := make(chan rawConn, 4)
 	var wg sync.WaitGroup
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	wg.Go(func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			br := bufio.NewReader(c)
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				c.Close()
-				continue
+			if each {
+				wg.Go(func() { handle(c) })
+			} else {
+				handle(c)
 			}
-			fmt.Fprintf(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
-				acceptKey(req.Header.Get("Sec-WebSocket-Key")))
-			ch <- rawConn{Conn: c, br: br, req: req}
 		}
-	}()
-	return ln.Addr().String(), ch
+	})
+	return ln.Addr().String()
+}
+
+// rawUpstream listens and upgrades every connection by hand, handing it to
+// the test on the returned channel.
+func rawUpstream(t testing.TB) (string, <-chan rawConn) {
+	t.Helper()
+	ch := make(chan rawConn, 4)
+	addr := acceptLoop(t, false, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			c.Close()
+			return
+		}
+		fmt.Fprintf(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+			acceptKey(req.Header.Get("Sec-WebSocket-Key")))
+		ch <- rawConn{Conn: c, br: br, req: req}
+	})
+	return addr, ch
 }
 
 func acceptRaw(t testing.TB, ch <-chan rawConn) rawConn {
