@@ -767,6 +767,7 @@ func startSidecar(bin, tmp, upAddr, rcvAddr string) (*sidecar, error) {
 		"DATA_DIR=" + filepath.Join(tmp, "data"),
 		"LISTEN_ADDR=" + s.addr,
 		"ADMIN_ADDR=" + s.admin,
+		"ADMIN_TOKEN=" + soakToken, // for /debug/pprof/heap?gc=1 (measure)
 		"PRESENCE_ENABLED=true",
 		"PRESENCE_ALLOW_ANY_INTERVAL=true",
 		"PRESENCE_CHECK_INTERVAL=" + interval.String(),
@@ -898,29 +899,36 @@ func (s *sidecar) waitIdle(sessions bool, within time.Duration) error {
 	}
 }
 
+// soakToken is the sidecar's ADMIN_TOKEN in the soak.
+const soakToken = "soak"
+
 type figures struct {
 	goroutines, fds        int64
 	heapLive, rssAnon, rss int64
 }
 
-// measure reads the figures once two garbage collections have run since
-// the call (scraping /metrics allocates in the sidecar, which brings them
-// on), so the heap goal reflects what is live now, not at a past peak.
+// measure has the sidecar collect its garbage (its heap profile with
+// gc=1 runs runtime.GC), then reads the figures: the heap goal is then set
+// from what is live now, not from a past peak or a collection that came
+// early.
 func (s *sidecar) measure() (figures, error) {
 	var f figures
+	for range 2 { // the second one also frees what the first one's finalizers let go
+		req, _ := http.NewRequest("GET", "http://"+s.admin+"/debug/pprof/heap?gc=1", nil)
+		req.Header.Set("Authorization", "Bearer "+soakToken)
+		resp, err := admin.Do(req)
+		if err != nil {
+			return f, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return f, fmt.Errorf("/debug/pprof/heap?gc=1: %s", resp.Status)
+		}
+	}
 	m, err := s.metrics()
 	if err != nil {
 		return f, err
-	}
-	gcs := m["go_gc_duration_seconds_count"]
-	deadline := time.Now().Add(30 * time.Second)
-	for m["go_gc_duration_seconds_count"] < gcs+2 {
-		if time.Now().After(deadline) {
-			return f, errors.New("no garbage collection in the sidecar within 30 s of scraping")
-		}
-		if m, err = s.metrics(); err != nil {
-			return f, err
-		}
 	}
 	f.goroutines = int64(m["go_goroutines"])
 	f.heapLive = int64(m["go_memstats_next_gc_bytes"] / 2)
