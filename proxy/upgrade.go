@@ -44,6 +44,11 @@ func removeHopByHop(h http.Header) {
 
 var handshakeReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
 
+// handshakeWriters buffer the request to the upstream: given a bare
+// net.Conn, http.Request.Write makes a 4 KiB bufio.Writer of its own for
+// every handshake.
+var handshakeWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
+
 // serveUpgrade forwards an upgrade request. It reports whether the
 // connection was handed to a relay (which then owns the MaxConnections slot).
 // span is the upgrade's server span (r carries it); it ends when the
@@ -63,8 +68,7 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request, span trace.
 	ctx, cancel := context.WithTimeout(r.Context(), p.o.DialTimeout)
 	defer cancel()
 
-	out := r.Clone(ctx)
-	out.Header = r.Header.Clone()
+	out := r.Clone(ctx) // a deep copy: its Header is its own
 	upgrade := r.Header.Get("Upgrade")
 	removeHopByHop(out.Header)
 	rewrite(&httputil.ProxyRequest{In: r, Out: out}, target)
@@ -89,7 +93,14 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request, span trace.
 	}()
 	deadline, _ := ctx.Deadline()
 	up.SetDeadline(deadline) // bounds the handshake
-	if err := out.Write(up); err != nil {
+	bw := handshakeWriters.Get().(*bufio.Writer)
+	bw.Reset(up)
+	if err = out.Write(bw); err == nil { // a bufio.Writer given is not flushed
+		err = bw.Flush()
+	}
+	bw.Reset(nil)
+	handshakeWriters.Put(bw)
+	if err != nil {
 		p.badGateway(w, r, err)
 		return false
 	}
