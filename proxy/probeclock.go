@@ -13,6 +13,9 @@ import (
 // connection"). There is one clock per GOMAXPROCS, as there is one event
 // loop, and a connection keeps its clock for life.
 //
+// The heap is written out rather than container/heap's, whose Push and
+// Pop box each entry: an allocation per connection and probe round.
+//
 // Lock order: probeState.mu, then probeClock.mu; the connections' probe
 // work (probeTimerFired) runs with no clock lock held.
 type probeClock struct {
@@ -20,7 +23,6 @@ type probeClock struct {
 	heap    []clockEntry // by due; a connection's probe.slot is its index
 	timer   *time.Timer
 	armedAt int64 // monoNow the timer fires at; 0: not armed
-	fired   []*wsConn
 }
 
 type clockEntry struct {
@@ -96,15 +98,14 @@ func (k *probeClock) fire() {
 	k.mu.Lock()
 	k.armedAt = 0
 	now := monoNow()
-	fired := k.fired[:0]
-	k.fired = nil // a concurrent fire (a Reset while this one runs) takes its own
+	var fired []*wsConn
 	for len(k.heap) > 0 && k.heap[0].due <= now {
 		fired = append(fired, k.heap[0].c)
 		k.removeAt(0)
 	}
 	k.armLocked()
 	k.mu.Unlock()
-	for i, c := range fired {
+	for _, c := range fired {
 		if c.looped {
 			c.probeTimerFired() // its writes never block (evloop_linux.go)
 		} else {
@@ -112,13 +113,7 @@ func (k *probeClock) fire() {
 			// write to a slow client holds: the other connections must not.
 			go c.probeTimerFired()
 		}
-		fired[i] = nil
 	}
-	k.mu.Lock()
-	if k.fired == nil {
-		k.fired = fired[:0]
-	}
-	k.mu.Unlock()
 }
 
 // armLocked points the timer at the earliest deadline when it is armed for

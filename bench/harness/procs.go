@@ -478,6 +478,16 @@ func gitRev(repo string) string {
 
 const adminToken = "wsbench"
 
+// adminGet asks the sidecar's admin listener for path, with its token.
+func (p *proxyProc) adminGet(ctx context.Context, path string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+p.admin+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	return http.DefaultClient.Do(req)
+}
+
 // verifySidecar checks, through the sidecar's admin listener, that it
 // really holds the idle connections and, with presence on, that it tracks
 // their sessions (the link frame was seen). Figures it does not publish
@@ -487,9 +497,7 @@ func (p *proxyProc) verifySidecar(tag string, idle int) error {
 		return nil
 	}
 	get := func(path string) (int, string, error) {
-		req, _ := http.NewRequest("GET", "http://"+p.admin+path, nil)
-		req.Header.Set("Authorization", "Bearer "+adminToken)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := p.adminGet(context.Background(), path)
 		if err != nil {
 			return 0, "", err
 		}

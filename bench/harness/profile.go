@@ -84,9 +84,7 @@ func (p *proxyProc) profileDuring(ctx context.Context, file string, secs int, ru
 func (p *proxyProc) fetchProfile(ctx context.Context, path, file string) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+p.admin+path, nil)
-	req.Header.Set("Authorization", "Bearer "+adminToken)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := p.adminGet(ctx, path)
 	if err != nil {
 		return err
 	}
@@ -126,7 +124,7 @@ func pprofTop(ctx context.Context, file string, args ...string) string {
 	return strings.Join(keep, "\n")
 }
 
-// Markdown renders the two profiles' tops.
+// Markdown renders the three profiles' tops.
 func (pr *Profiles) Markdown() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Heap in use with the idle connections open (`go tool pprof -sample_index=inuse_space -top %s`):\n\n```\n%s\n```\n\n", filepath.Base(pr.Heap), pr.HeapTop)

@@ -222,14 +222,14 @@ func (l *load) play(s *session, startAt time.Time) {
 				// reached Redis: then the session has been away since its
 				// last close, if that was a reconnect's, or was never there,
 				// if this was its first connection.
-				if a.age < youngConn && cur < 0 {
+				switch {
+				case a.age >= youngConn:
+				case cur < 0:
 					a.unseenFirst = true
-				} else if a.age < youngConn {
-					if s.aways[cur].kind != kAbsence {
-						a.start = s.aways[cur].start
-					} else {
-						a.unseenReturn = true // the absence may go on
-					}
+				case s.aways[cur].kind != kAbsence:
+					a.start = s.aways[cur].start
+				default:
+					a.unseenReturn = true // the absence may go on
 				}
 			} else {
 				l.drops.Add(1)

@@ -143,6 +143,22 @@ func hasKey(doc, key string) bool {
 	}
 }
 
+// absentFrom reports whether doc certainly lacks c's field: a document
+// without backslashes (plain caches whether doc is one) that does not hold
+// c's key. false means gjson must look.
+func (c *cond) absentFrom(doc string, plain *int8) bool {
+	if c.key == "" {
+		return false
+	}
+	if *plain < 0 {
+		*plain = 0
+		if strings.IndexByte(doc, '\\') < 0 {
+			*plain = 1
+		}
+	}
+	return *plain == 1 && !hasKey(doc, c.key)
+}
+
 // Match reports whether doc, a JSON message (possibly a truncated prefix)
 // sent in direction dir, satisfies any rule.
 //
@@ -157,31 +173,20 @@ func (s Set) Match(dir event.Direction, doc []byte) bool {
 	// not, and nothing here outlives the call: one allocation less per
 	// message.
 	json := unsafe.String(unsafe.SliceData(doc), len(doc))
-	plain := -1 // unknown; 1: doc has no backslash, 0: it has
+	plain := int8(-1) // absentFrom's: unknown; 1: doc has no backslash, 0: it has
 	for i := range s.rules {
 		r := &s.rules[i]
 		if r.dir != dir {
 			continue
 		}
 		ok := true
-		for _, c := range r.conds {
-			if c.key != "" {
-				if plain < 0 {
-					plain = 0
-					if strings.IndexByte(json, '\\') < 0 {
-						plain = 1
-					}
-				}
-				if plain == 1 && !hasKey(json, c.key) {
-					if !c.neg {
-						ok = false
-						break
-					}
-					continue // missing: never equal
-				}
+		for i := range r.conds {
+			c := &r.conds[i]
+			eq := false // a missing field is never equal
+			if !c.absentFrom(json, &plain) {
+				res := gjson.Get(json, c.path)
+				eq = res.Exists() && res.String() == c.value
 			}
-			res := gjson.Get(json, c.path)
-			eq := res.Exists() && res.String() == c.value
 			if eq == c.neg {
 				ok = false
 				break
